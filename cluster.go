@@ -1,0 +1,235 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/discovery"
+)
+
+// bootstrapLoop runs on an instance without Raft state until the cluster
+// exists. It waits until BootstrapExpect alive members that all expect the
+// same number are in the gossip pool, then bootstraps Raft with exactly the
+// BootstrapExpect of them with the lowest NodeIDs. Every member computes the
+// same set from the same view, and an identical bootstrap on several members
+// is safe in Raft. If any member already holds Raft state, a cluster exists:
+// this instance does not bootstrap and waits for the leader to add it.
+func (s *Store) bootstrapLoop() {
+	expect := s.cfg.BootstrapExpect
+	if expect <= 0 {
+		return
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		changed := s.gossip.Changed()
+		if done := s.tryBootstrap(expect); done {
+			return
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Store) tryBootstrap(expect int) (done bool) {
+	if _, id := s.raft.LeaderWithID(); id != "" {
+		return true // added to an existing cluster
+	}
+	if idx := s.raft.LastIndex(); idx > 0 {
+		return true // received a log from a leader
+	}
+	var cands []discovery.Member
+	for _, m := range s.gossip.Members() {
+		if m.Status != discovery.StatusAlive {
+			continue
+		}
+		if m.Bootstrapped {
+			s.logger.Info("a cluster exists already; waiting to be added by its leader", "member", m.ID)
+			return true
+		}
+		if m.Expect != expect {
+			if m.Expect > 0 {
+				s.logger.Warn("member expects a different cluster size; ignored for bootstrap", "member", m.ID, "its_expect", m.Expect, "expect", expect)
+			}
+			continue
+		}
+		cands = append(cands, m)
+	}
+	if len(cands) < expect {
+		return false
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].ID < cands[j].ID })
+	if len(cands) > expect {
+		s.logger.Warn("more members than BootstrapExpect; bootstrapping with the lowest NodeIDs", "seen", len(cands), "expect", expect)
+		cands = cands[:expect]
+	}
+	var conf raft.Configuration
+	self := false
+	for _, m := range cands {
+		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Addr)})
+		self = self || m.ID == s.cfg.NodeID
+	}
+	if !self {
+		s.logger.Info("not among the bootstrap set; waiting to be added", "set", conf.Servers)
+		return true
+	}
+	if err := s.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
+		s.logger.Error("bootstrap failed", "error", err)
+		return false
+	}
+	s.logger.Info("bootstrapped raft", "servers", len(conf.Servers))
+	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
+		s.logger.Warn("gossip metadata update failed", "error", err)
+	}
+	return true
+}
+
+// joinLoop keeps this instance in the gossip pool: while it sees no other
+// member it retries Join, so that a member started before its seeds finds
+// them. It also marks the instance as bootstrapped in gossip once it holds
+// Raft state.
+func (s *Store) joinLoop() {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	marked := false
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if len(s.cfg.Join) > 0 && len(s.gossip.Members()) <= 1 {
+			s.gossip.Join(s.cfg.Join)
+		}
+		if !marked && s.raft.LastIndex() > 0 {
+			if err := s.gossip.SetMeta(s.meta(true)); err == nil {
+				marked = true
+			}
+		}
+	}
+}
+
+// leaderLoop follows leadership changes. On gaining leadership it commits a
+// marker entry of its own term (so reads may use its commit index) and then
+// reconciles the Raft configuration with the gossip pool whenever either
+// changes.
+func (s *Store) leaderLoop() {
+	leaderCh := s.raft.LeaderCh()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		changed := s.gossip.Changed()
+		select {
+		case <-s.ctx.Done():
+			return
+		case isLeader := <-leaderCh:
+			if isLeader {
+				s.logger.Info("became leader", "term", s.raft.CurrentTerm())
+				ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+				if err := s.ensureReady(ctx); err != nil {
+					s.logger.Warn("leader could not commit its term marker", "error", err)
+				}
+				cancel()
+			} else {
+				s.logger.Info("lost leadership")
+			}
+		case <-changed:
+		case <-tick.C:
+		}
+		if s.raft.State() == raft.Leader {
+			s.reconcile()
+		}
+	}
+}
+
+// ensureReady makes sure an entry of the current term has committed on this
+// leader. Concurrent callers share one marker entry.
+func (s *Store) ensureReady(ctx context.Context) error {
+	term := s.raft.CurrentTerm()
+	if s.readyTerm.Load() == term {
+		return nil
+	}
+	ch := s.ready.DoChan(fmt.Sprint(term), func() (any, error) {
+		cmd, err := encodeCommand(&command{})
+		if err != nil {
+			return nil, err
+		}
+		f := s.raft.Apply(cmd, 5*time.Second)
+		if err := f.Error(); err != nil {
+			return nil, err
+		}
+		if s.raft.CurrentTerm() == term {
+			s.readyTerm.Store(term)
+		}
+		return nil, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return translateRaftErr(r.Err)
+		}
+		if s.readyTerm.Load() != term {
+			return errNotLeader
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// reconcile adds alive gossip members missing from the Raft configuration
+// (as voters while there are fewer than MaxVoters, else as non-voters) and
+// updates the address of members that came back on a new one.
+func (s *Store) reconcile() {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return
+	}
+	servers := map[raft.ServerID]raft.Server{}
+	voters := 0
+	for _, srv := range f.Configuration().Servers {
+		servers[srv.ID] = srv
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	for _, m := range s.gossip.Members() {
+		if m.Status != discovery.StatusAlive || m.Addr == "" {
+			continue
+		}
+		id, addr := raft.ServerID(m.ID), raft.ServerAddress(m.Addr)
+		srv, known := servers[id]
+		var fut raft.IndexFuture
+		switch {
+		case known && srv.Address == addr:
+			continue
+		case known && srv.Suffrage == raft.Voter:
+			s.logger.Info("updating member address", "member", m.ID, "from", srv.Address, "to", addr)
+			fut = s.raft.AddVoter(id, addr, 0, 10*time.Second)
+		case known:
+			s.logger.Info("updating member address", "member", m.ID, "from", srv.Address, "to", addr)
+			fut = s.raft.AddNonvoter(id, addr, 0, 10*time.Second)
+		case voters < s.cfg.MaxVoters:
+			s.logger.Info("adding member as voter", "member", m.ID, "addr", addr)
+			fut = s.raft.AddVoter(id, addr, 0, 10*time.Second)
+			voters++
+		default:
+			s.logger.Info("adding member as non-voter", "member", m.ID, "addr", addr, "voters", voters)
+			fut = s.raft.AddNonvoter(id, addr, 0, 10*time.Second)
+		}
+		if err := fut.Error(); err != nil {
+			s.logger.Warn("membership change failed", "member", m.ID, "error", err)
+			return
+		}
+	}
+}

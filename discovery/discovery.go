@@ -1,0 +1,327 @@
+// Package discovery is the gossip layer of a cohort/kv instance, on
+// hashicorp/memberlist. Every member gossips a small Meta (its NodeID, the
+// address of its transport port, what it expects at bootstrap); the Store
+// reads the pool to bootstrap Raft, to add joining members and to find a
+// member's current address by its NodeID.
+//
+// Each start of an instance joins under a fresh gossip name (NodeID plus a
+// random suffix), so that an instance restarted with a new address is a new
+// gossip member at once instead of a name conflict with its dead former self;
+// the pool reports one entry per NodeID, the best known incarnation.
+package discovery
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/memberlist"
+
+	"github.com/cohortkv/kv/internal/logging"
+)
+
+// Meta is what every member gossips about itself.
+type Meta struct {
+	ID           string `codec:"id"`          // the NodeID
+	Addr         string `codec:"a"`           // transport (Raft and RPC) address
+	Expect       int    `codec:"e,omitempty"` // BootstrapExpect
+	Bootstrapped bool   `codec:"b,omitempty"` // holds Raft state (is or was part of a cluster)
+}
+
+// Status is a member's gossip status.
+type Status int
+
+// Gossip statuses.
+const (
+	StatusAlive Status = iota
+	StatusSuspect
+	StatusDead
+	StatusLeft
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusAlive:
+		return "alive"
+	case StatusSuspect:
+		return "suspect"
+	case StatusDead:
+		return "dead"
+	case StatusLeft:
+		return "left"
+	}
+	return "Status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Member is one NodeID as gossip knows it.
+type Member struct {
+	Meta
+	Name       string // gossip name of this incarnation
+	GossipAddr string
+	Status     Status
+}
+
+// Config configures a Pool.
+type Config struct {
+	Meta          Meta
+	BindAddr      string // host:port; port 0 picks a free one
+	AdvertiseAddr string // optional host:port
+	Join          []string
+	Logger        *slog.Logger
+	// Transport, when set, replaces memberlist's own network transport (the
+	// hook for fault injection in tests). It must be bound already.
+	Transport memberlist.Transport
+}
+
+// Pool is this instance's membership in the gossip pool. Safe for concurrent
+// use.
+type Pool struct {
+	ml     *memberlist.Memberlist
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	meta    []byte
+	members map[string]*entry // by gossip name
+	seq     uint64
+	changed chan struct{} // closed and replaced on every change
+}
+
+type entry struct {
+	Member
+	seq uint64 // order of the latest join event
+}
+
+var mh = &codec.MsgpackHandle{}
+
+// EncodeMeta encodes m for gossip.
+func EncodeMeta(m Meta) ([]byte, error) {
+	var b []byte
+	err := codec.NewEncoderBytes(&b, mh).Encode(m)
+	return b, err
+}
+
+// DecodeMeta decodes gossiped metadata. It never panics.
+func DecodeMeta(b []byte) (m Meta, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("discovery: malformed metadata: %v", r)
+		}
+	}()
+	err = codec.NewDecoderBytes(b, mh).Decode(&m)
+	if err == nil && m.ID == "" {
+		err = errors.New("discovery: metadata without a node ID")
+	}
+	return m, err
+}
+
+// Start creates the pool member and joins cfg.Join. A failed join is not an
+// error: the Store retries it.
+func Start(cfg Config) (*Pool, error) {
+	meta, err := EncodeMeta(cfg.Meta)
+	if err != nil {
+		return nil, err
+	}
+	if len(meta) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("discovery: metadata of %d bytes is over memberlist's %d", len(meta), memberlist.MetaMaxSize)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = logging.Discard()
+	}
+	p := &Pool{logger: cfg.Logger, meta: meta, members: map[string]*entry{}, changed: make(chan struct{})}
+
+	mc := memberlist.DefaultLANConfig()
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	mc.Name = cfg.Meta.ID + "-" + hex.EncodeToString(suffix[:])
+	host, port, err := splitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: gossip bind address: %w", err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	if cfg.AdvertiseAddr != "" {
+		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(cfg.AdvertiseAddr); err != nil {
+			return nil, fmt.Errorf("discovery: gossip advertise address: %w", err)
+		}
+	}
+	mc.Transport = cfg.Transport
+	mc.Delegate = (*delegate)(p)
+	mc.Events = (*events)(p)
+	mc.Logger = logging.StdLog(cfg.Logger, "memberlist")
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	p.ml = ml
+	p.Join(cfg.Join)
+	return p, nil
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", hp)
+	}
+	return host, port, nil
+}
+
+// Join contacts seeds; it returns how many answered. Errors are logged.
+func (p *Pool) Join(seeds []string) int {
+	if len(seeds) == 0 {
+		return 0
+	}
+	n, err := p.ml.Join(seeds)
+	if err != nil {
+		p.logger.Warn("gossip join failed", "seeds", seeds, "contacted", n, "error", err)
+	}
+	return n
+}
+
+// Addr returns the gossip address this member advertises.
+func (p *Pool) Addr() string {
+	n := p.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Name returns this incarnation's gossip name.
+func (p *Pool) Name() string { return p.ml.LocalNode().Name }
+
+// SetMeta gossips new metadata for this member.
+func (p *Pool) SetMeta(m Meta) error {
+	b, err := EncodeMeta(m)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.meta = b
+	p.mu.Unlock()
+	return p.ml.UpdateNode(5 * time.Second)
+}
+
+// Changed returns a channel that is closed at the next membership change.
+func (p *Pool) Changed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
+}
+
+// Members returns one Member per NodeID, the best known incarnation (alive
+// before suspect before left before dead, then the latest to join), sorted
+// by ID. The slice is the caller's.
+func (p *Pool) Members() []Member {
+	suspect := map[string]bool{}
+	for _, n := range p.ml.Members() {
+		if n.State == memberlist.StateSuspect {
+			suspect[n.Name] = true
+		}
+	}
+	p.mu.Lock()
+	best := map[string]*entry{}
+	for _, e := range p.members {
+		c := *e
+		if c.Status == StatusAlive && suspect[c.Name] {
+			c.Status = StatusSuspect
+		}
+		if b := best[c.ID]; b == nil || c.Status < b.Status || c.Status == b.Status && c.seq > b.seq {
+			best[c.ID] = &c
+		}
+	}
+	p.mu.Unlock()
+	out := make([]Member, 0, len(best))
+	for _, e := range best {
+		out = append(out, e.Member)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Lookup returns the best known incarnation of id.
+func (p *Pool) Lookup(id string) (Member, bool) {
+	for _, m := range p.Members() {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// Leave tells the pool this member leaves for good, waiting up to timeout for
+// the message to spread.
+func (p *Pool) Leave(timeout time.Duration) error { return p.ml.Leave(timeout) }
+
+// Shutdown stops gossip without leaving: the others will see this member
+// fail. Idempotent.
+func (p *Pool) Shutdown() error { return p.ml.Shutdown() }
+
+func (p *Pool) notifyLocked() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *Pool) upsert(n *memberlist.Node, st Status, join bool) {
+	m, err := DecodeMeta(n.Meta)
+	if err != nil {
+		p.logger.Warn("gossip member with unreadable metadata ignored", "name", n.Name, "addr", n.Address(), "error", err)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.members[n.Name]
+	if e == nil {
+		e = &entry{}
+		p.members[n.Name] = e
+	}
+	if join {
+		p.seq++
+		e.seq = p.seq
+	}
+	e.Member = Member{Meta: m, Name: n.Name, GossipAddr: n.Address(), Status: st}
+	if st == StatusAlive {
+		// A newer incarnation is alive: forget the departed older ones.
+		for name, o := range p.members {
+			if o.ID == m.ID && name != n.Name && o.Status >= StatusDead {
+				delete(p.members, name)
+			}
+		}
+	}
+	p.notifyLocked()
+}
+
+type delegate Pool
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type events Pool
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { (*Pool)(e).upsert(n, StatusAlive, true) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { (*Pool)(e).upsert(n, StatusAlive, false) }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	st := StatusDead
+	if n.State == memberlist.StateLeft {
+		st = StatusLeft
+	}
+	(*Pool)(e).upsert(n, st, false)
+}

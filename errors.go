@@ -1,0 +1,32 @@
+package kv
+
+import "errors"
+
+// Errors returned by a Store. Compare with errors.Is: returned errors often
+// wrap them with detail.
+var (
+	// ErrNotFound is returned by Get for an absent key.
+	ErrNotFound = errors.New("kv: key not found")
+	// ErrClosed is returned by every call on a closed Store, and by calls
+	// that were in flight when it closed.
+	ErrClosed = errors.New("kv: store closed")
+	// ErrNoLeader is returned when no leader could be reached before the
+	// call's context ended; the call had no effect.
+	ErrNoLeader = errors.New("kv: no leader")
+	// ErrLeadershipLost is returned by a write whose leader lost its
+	// leadership after the write entered the log: the write may or may not
+	// have been applied.
+	ErrLeadershipLost = errors.New("kv: leadership lost, write outcome unknown")
+)
+
+// Errors for bad input. Nothing is written when a call returns one of them.
+var (
+	// ErrEmptyKey is returned for an empty key.
+	ErrEmptyKey = errors.New("kv: empty key")
+	// ErrKeyTooLarge is returned for a key longer than Config.MaxKeySize.
+	ErrKeyTooLarge = errors.New("kv: key too large")
+	// ErrValueTooLarge is returned for a value longer than Config.MaxValueSize.
+	ErrValueTooLarge = errors.New("kv: value too large")
+	// ErrInvalidConfig is wrapped by Open's errors for a Config it cannot use.
+	ErrInvalidConfig = errors.New("kv: invalid config")
+)

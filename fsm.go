@@ -1,0 +1,264 @@
+package kv
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/storage"
+)
+
+// A command is the payload of one Raft log entry: a version byte, then a
+// msgpack-encoded command. A command holds a batch of operations applied
+// atomically; a command with no operations (the leader's term marker) only
+// advances the applied index. Fields are keyed by short names and decoding
+// ignores unknown ones, so later versions can add fields (client IDs for
+// exactly-once retries, compare-and-set revisions, TTLs) without a migration.
+const cmdVersion byte = 1
+
+// Operation kinds.
+const (
+	opSet    uint8 = 1
+	opDelete uint8 = 2
+)
+
+type op struct {
+	Kind  uint8  `codec:"k"`
+	Key   string `codec:"y"`
+	Value []byte `codec:"v,omitempty"`
+}
+
+type command struct {
+	Ops []op `codec:"o,omitempty"`
+}
+
+var cmdHandle = func() *codec.MsgpackHandle {
+	h := &codec.MsgpackHandle{}
+	h.RawToString = true
+	h.WriteExt = true
+	return h
+}()
+
+func encodeCommand(c *command) ([]byte, error) {
+	var b []byte
+	if err := codec.NewEncoderBytes(&b, cmdHandle).Encode(c); err != nil {
+		return nil, err
+	}
+	out := make([]byte, 1+len(b))
+	out[0] = cmdVersion
+	copy(out[1:], b)
+	return out, nil
+}
+
+// decodeCommand decodes a log entry's payload. It never panics.
+func decodeCommand(b []byte) (c command, err error) {
+	if len(b) == 0 || b[0] != cmdVersion {
+		if len(b) == 0 {
+			return c, errors.New("kv: empty command")
+		}
+		return c, fmt.Errorf("kv: unknown command version %d", b[0])
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("kv: malformed command: %v", r)
+		}
+	}()
+	if err := codec.NewDecoderBytes(b[1:], cmdHandle).Decode(&c); err != nil {
+		return c, fmt.Errorf("kv: malformed command: %w", err)
+	}
+	for _, o := range c.Ops {
+		if o.Kind != opSet && o.Kind != opDelete {
+			return c, fmt.Errorf("kv: unknown operation %d", o.Kind)
+		}
+		if o.Key == "" {
+			return c, ErrEmptyKey
+		}
+	}
+	return c, nil
+}
+
+// A stored value: a version byte, the create and modify revisions (the Raft
+// indexes of the entries that created and last wrote the key), the value.
+const (
+	recVersion = 1
+	recHeader  = 17
+)
+
+func encodeRecord(create, mod uint64, value []byte) []byte {
+	b := make([]byte, recHeader+len(value))
+	b[0] = recVersion
+	binary.BigEndian.PutUint64(b[1:], create)
+	binary.BigEndian.PutUint64(b[9:], mod)
+	copy(b[recHeader:], value)
+	return b
+}
+
+type record struct {
+	create, mod uint64
+	value       []byte // aliases the engine's memory
+}
+
+func decodeRecord(b []byte) (record, error) {
+	if len(b) < recHeader || b[0] != recVersion {
+		return record{}, fmt.Errorf("kv: corrupt value record of %d bytes", len(b))
+	}
+	return record{
+		create: binary.BigEndian.Uint64(b[1:]),
+		mod:    binary.BigEndian.Uint64(b[9:]),
+		value:  b[recHeader:],
+	}, nil
+}
+
+// fsm is the Raft state machine: it applies committed commands to the Engine,
+// one engine transaction per Raft batch. It is deterministic: no clocks,
+// network or randomness touch the data.
+type fsm struct {
+	eng    storage.Engine
+	logger *slog.Logger
+	stop   <-chan struct{} // closed when the Store shuts down
+
+	mu      sync.Mutex
+	applied chan struct{} // closed and replaced after every apply
+}
+
+var (
+	_ raft.FSM         = (*fsm)(nil)
+	_ raft.BatchingFSM = (*fsm)(nil)
+)
+
+func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}) *fsm {
+	return &fsm{eng: eng, logger: logger, stop: stop, applied: make(chan struct{})}
+}
+
+// Apply implements raft.FSM.
+func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch implements raft.BatchingFSM. Raft hands it command and
+// configuration entries; the engine records the last index of the batch.
+// Entries at or below the engine's applied index (replayed after a restart)
+// are skipped.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	resp := make([]any, len(logs))
+	if len(logs) == 0 {
+		return resp
+	}
+	last := logs[len(logs)-1].Index
+	from := f.eng.AppliedIndex()
+	if last <= from {
+		return resp
+	}
+	apply := func(tx storage.WriteTx) error {
+		for i, l := range logs {
+			if l.Index <= from || l.Type != raft.LogCommand {
+				continue
+			}
+			c, err := decodeCommand(l.Data)
+			if err != nil {
+				// Leaders validate commands before they enter the log, so
+				// this is damage; skipping it is the same on every member.
+				f.logger.Error("skipping undecodable log entry", "index", l.Index, "error", err)
+				resp[i] = err
+				continue
+			}
+			if err := applyOps(tx, l.Index, c.Ops); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// A failed commit (disk full, I/O error) must not be skipped: later
+	// entries build on this one. Retry until it works or the Store stops.
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		err := f.eng.Update(last, apply)
+		if err == nil {
+			break
+		}
+		f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
+		select {
+		case <-f.stop:
+			for i := range resp {
+				resp[i] = ErrClosed
+			}
+			return resp
+		case <-time.After(delay):
+		}
+	}
+	f.notify()
+	return resp
+}
+
+func applyOps(tx storage.WriteTx, index uint64, ops []op) error {
+	for _, o := range ops {
+		key := []byte(o.Key)
+		switch o.Kind {
+		case opSet:
+			create := index
+			if old, ok := tx.Get(key); ok {
+				if r, err := decodeRecord(old); err == nil {
+					create = r.create
+				}
+			}
+			if err := tx.Put(key, encodeRecord(create, index, o.Value)); err != nil {
+				return err
+			}
+		case opDelete:
+			if err := tx.Delete(key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (f *fsm) notify() {
+	f.mu.Lock()
+	close(f.applied)
+	f.applied = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// appliedChan returns a channel closed at the next apply or restore.
+func (f *fsm) appliedChan() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
+// Snapshot implements raft.FSM: a consistent point-in-time view of the
+// engine; Persist streams it without holding the data in memory.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	s, err := f.eng.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{s: s}, nil
+}
+
+// Restore implements raft.FSM: it replaces the data atomically.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	if err := f.eng.Restore(rc); err != nil {
+		return fmt.Errorf("kv: restore snapshot: %w", err)
+	}
+	f.notify()
+	return nil
+}
+
+type fsmSnapshot struct{ s storage.Snapshot }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := storage.WriteSnapshot(sink, s.s.AppliedIndex(), s.s); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("kv: write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() { s.s.Release() }

@@ -1,0 +1,380 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/logging"
+	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/transport"
+)
+
+// Store is one instance of a replicated key-value store. It is safe for
+// concurrent use by any number of goroutines. Open starts it; Close stops it.
+type Store struct {
+	cfg    Config
+	logger *slog.Logger
+
+	mux    *transport.Mux
+	rpc    *transport.Server
+	pool   *transport.Pool
+	gossip *discovery.Pool
+	raft   *raft.Raft
+	trans  *raft.NetworkTransport
+	fsm    *fsm
+	eng    storage.Engine
+	logs   *storage.LogStore // nil when InMemory
+	snaps  raft.SnapshotStore
+
+	// readyTerm is the term in which this leader has committed an entry of
+	// its own, so that its commit index is safe to serve reads from.
+	readyTerm atomic.Uint64
+	ready     singleflight.Group
+
+	verifyMu      sync.Mutex
+	verifyNext    *verifyRound
+	verifyRunning bool
+
+	// Lifecycle: ctx ends when Close begins; every goroutine is started by
+	// goFunc and awaited by Close.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	lifeMu    sync.Mutex
+	closing   bool
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts an instance: it opens DataDir, listens on BindAddr, joins the
+// gossip pool through Join and takes part in Raft. It returns without
+// waiting for a leader (see WaitForLeader). On error nothing is left running.
+func Open(cfg Config) (*Store, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = logging.Discard()
+	}
+	logger = logger.With("node", cfg.NodeID)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel}
+	if err := s.open(); err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) open() error {
+	cfg := s.cfg
+	// Storage.
+	var (
+		logStore    raft.LogStore
+		stableStore raft.StableStore
+	)
+	if cfg.InMemory {
+		s.eng = storage.NewMemory()
+		mem := raft.NewInmemStore()
+		logStore, stableStore = mem, mem
+		s.snaps = raft.NewInmemSnapshotStore()
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("kv: data dir: %w", err)
+		}
+		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), storage.BoltOptions{})
+		if err != nil {
+			return err
+		}
+		s.eng = eng
+		s.logs, err = storage.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db"), storage.LogStoreOptions{})
+		if err != nil {
+			return err
+		}
+		cache, err := raft.NewLogCache(512, s.logs)
+		if err != nil {
+			return err
+		}
+		logStore, stableStore = cache, s.logs
+		s.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, logging.HCLog(s.logger, "snapshots"))
+		if err != nil {
+			return fmt.Errorf("kv: snapshot store: %w", err)
+		}
+		if err := s.catchUpFromSnapshot(); err != nil {
+			return err
+		}
+	}
+	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done())
+
+	// Transport.
+	ln, err := net.Listen("tcp", cfg.BindAddr)
+	if err != nil {
+		return fmt.Errorf("kv: listen on %s: %w", cfg.BindAddr, err)
+	}
+	var adv net.Addr = ln.Addr()
+	if cfg.AdvertiseAddr != "" {
+		a, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("%w: AdvertiseAddr: %v", ErrInvalidConfig, err)
+		}
+		adv = a
+	}
+	s.mux = transport.NewMux(transport.MuxConfig{Listener: ln, Advertise: adv, Dial: cfg.Dial, Logger: s.logger})
+	s.rpc = transport.NewServer(transport.ServerConfig{Handler: s.handleRPC, Logger: s.logger})
+	s.mux.Handle(transport.ProtoRPC, s.rpc.ServeConn)
+	s.pool = transport.NewPool(s.mux, 0, s.logger)
+	s.goFunc(func() {
+		if err := s.mux.Serve(); err != nil {
+			s.logger.Error("transport stopped", "error", err)
+		}
+	})
+
+	// Raft.
+	hasState, err := raft.HasExistingState(logStore, stableStore, s.snaps)
+	if err != nil {
+		return fmt.Errorf("kv: read raft state: %w", err)
+	}
+	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:                s.mux.Raft(),
+		MaxPool:               3,
+		Timeout:               10 * time.Second,
+		Logger:                logging.HCLog(s.logger, "raft-net"),
+		ServerAddressProvider: addressBook{s},
+	})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = logging.HCLog(s.logger, "raft")
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	// The data file survives restarts and knows its applied index, so raft
+	// need not replay the snapshot into it (catchUpFromSnapshot covered the
+	// case where the file is behind the snapshot).
+	rc.NoSnapshotRestoreOnStart = !cfg.InMemory
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	// Gossip, before Raft: Raft resolves peer addresses through it.
+	s.gossip, err = discovery.Start(discovery.Config{
+		Meta:          s.meta(hasState),
+		BindAddr:      cfg.GossipBindAddr,
+		AdvertiseAddr: cfg.GossipAdvertiseAddr,
+		Join:          cfg.Join,
+		Logger:        s.logger,
+	})
+	if err != nil {
+		return err
+	}
+	s.raft, err = raft.NewRaft(rc, s.fsm, logStore, stableStore, s.snaps, s.trans)
+	if err != nil {
+		return fmt.Errorf("kv: start raft: %w", err)
+	}
+
+	s.logger.Info("started", "addr", s.Addr(), "gossip", s.GossipAddr(), "existing_state", hasState, "in_memory", cfg.InMemory)
+
+	if !hasState {
+		s.goFunc(s.bootstrapLoop)
+	}
+	s.goFunc(s.joinLoop)
+	s.goFunc(s.leaderLoop)
+	return nil
+}
+
+func (s *Store) meta(bootstrapped bool) discovery.Meta {
+	return discovery.Meta{ID: s.cfg.NodeID, Addr: s.mux.Addr().String(), Expect: s.cfg.BootstrapExpect, Bootstrapped: bootstrapped}
+}
+
+// catchUpFromSnapshot restores the newest snapshot into the data file when
+// the file is behind it (a crash during a snapshot install, or a lost data
+// file), before raft starts without restoring snapshots itself.
+func (s *Store) catchUpFromSnapshot() error {
+	metas, err := s.snaps.List()
+	if err != nil {
+		return fmt.Errorf("kv: list snapshots: %w", err)
+	}
+	if len(metas) == 0 || metas[0].Index <= s.eng.AppliedIndex() {
+		return nil
+	}
+	var errs []error
+	for _, m := range metas {
+		_, rc, err := s.snaps.Open(m.ID)
+		if err == nil {
+			err = s.eng.Restore(rc)
+			rc.Close()
+		}
+		if err == nil {
+			s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("snapshot %s: %w", m.ID, err))
+	}
+	return fmt.Errorf("kv: data file is behind the snapshots and none restores: %w", errors.Join(errs...))
+}
+
+// goFunc runs f in a goroutine that Close waits for. It returns false, and
+// runs nothing, once Close has begun.
+func (s *Store) goFunc(f func()) bool {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+func (s *Store) isClosed() bool {
+	select {
+	case <-s.ctx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Close stops the instance gracefully: new calls fail with ErrClosed; a
+// leader hands its leadership to a healthy follower first, so that the
+// others need not wait out an election timeout; then Raft, gossip (without
+// leaving: the instance stays a member and is expected back), the transport
+// and the files are closed, and every goroutine has ended when Close
+// returns. Close is idempotent.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.shutdown() })
+	return s.closeErr
+}
+
+// shutdown runs in this order: stop accepting calls, hand off leadership,
+// stop raft, stop gossip, close the transport, wait for goroutines, close
+// the files.
+func (s *Store) shutdown() error {
+	s.lifeMu.Lock()
+	s.closing = true
+	s.lifeMu.Unlock()
+	s.cancel()
+
+	var errs []error
+	if s.raft != nil {
+		if s.raft.State() == raft.Leader && s.hasOtherVoter() {
+			if err := s.raft.LeadershipTransfer().Error(); err != nil {
+				s.logger.Warn("leadership transfer on close failed", "error", err)
+			} else {
+				s.logger.Info("leadership handed over on close")
+			}
+		}
+		if err := s.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+		}
+	}
+	if s.gossip != nil {
+		if err := s.gossip.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
+		}
+	}
+	if s.trans != nil {
+		s.trans.Close()
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	if s.rpc != nil {
+		s.rpc.Close()
+	}
+	if s.mux != nil {
+		s.mux.Close()
+	}
+	s.wg.Wait()
+	if s.eng != nil {
+		if err := s.eng.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.logs != nil {
+		if err := s.logs.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.raft != nil {
+		s.logger.Info("closed")
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) hasOtherVoter() bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter && srv.ID != raft.ServerID(s.cfg.NodeID) {
+			return true
+		}
+	}
+	return false
+}
+
+// Addr returns the transport address peers dial (the bound one after port
+// 0, or AdvertiseAddr).
+func (s *Store) Addr() string { return s.mux.Addr().String() }
+
+// GossipAddr returns the gossip address actually bound (after port 0).
+func (s *Store) GossipAddr() string { return s.gossip.Addr() }
+
+// WaitForLeader blocks until this instance knows a leader, ctx ends
+// (ctx.Err()), or the Store closes (ErrClosed).
+func (s *Store) WaitForLeader(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if s.isClosed() {
+			return ErrClosed
+		}
+		if _, id := s.raft.LeaderWithID(); id != "" {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("kv: wait for leader: %w", ctx.Err())
+		case <-s.ctx.Done():
+			return ErrClosed
+		}
+	}
+}
+
+// addressBook resolves a Raft server ID to its current transport address
+// through gossip, so that a member restarted on a new port is reached before
+// the configuration records its new address.
+type addressBook struct{ s *Store }
+
+func (a addressBook) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a.s.gossip != nil {
+		if m, ok := a.s.gossip.Lookup(string(id)); ok && m.Addr != "" && m.Status <= discovery.StatusSuspect {
+			return raft.ServerAddress(m.Addr), nil
+		}
+	}
+	return "", fmt.Errorf("kv: no gossip address for %s", id)
+}

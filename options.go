@@ -1,0 +1,222 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	// DefaultBindAddr is used when Config.BindAddr is empty: loopback, a free
+	// port.
+	DefaultBindAddr = "127.0.0.1:0"
+	// DefaultGossipBindAddr is used when Config.GossipBindAddr is empty.
+	DefaultGossipBindAddr = "127.0.0.1:0"
+	// DefaultMaxKeySize is the longest key accepted, in bytes.
+	DefaultMaxKeySize = 4 << 10
+	// DefaultMaxValueSize is the longest value accepted, in bytes.
+	DefaultMaxValueSize = 1 << 20
+	// DefaultMaxVoters is how many members vote; members that join beyond it
+	// replicate as non-voters.
+	DefaultMaxVoters = 5
+	// DefaultHeartbeatTimeout is how long a follower goes without hearing from
+	// the leader before it starts an election.
+	DefaultHeartbeatTimeout = time.Second
+	// DefaultElectionTimeout is how long a candidate waits for votes.
+	DefaultElectionTimeout = time.Second
+	// DefaultLeaderLeaseTimeout is how long a leader stays leader without
+	// reaching a quorum.
+	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
+	// DefaultSnapshotThreshold is how many log entries past the last snapshot
+	// trigger a new one.
+	DefaultSnapshotThreshold = 8192
+	// DefaultSnapshotInterval is how often the threshold is checked.
+	DefaultSnapshotInterval = 2 * time.Minute
+	// DefaultTrailingLogs is how many entries a snapshot leaves in the log,
+	// so that a slightly lagging follower catches up without a snapshot.
+	DefaultTrailingLogs = 10240
+	// DefaultAsyncWriteTimeout bounds how long a SetAsync or DeleteAsync keeps
+	// trying to reach a leader.
+	DefaultAsyncWriteTimeout = 30 * time.Second
+)
+
+// Limits on the configurable sizes, so that a command always fits one frame
+// of the transport.
+const (
+	maxMaxKeySize   = 64 << 10
+	maxMaxValueSize = 8 << 20
+)
+
+// Config configures a Store. The zero value of every field but NodeID and
+// DataDir (or InMemory) is a working default. Open copies it.
+type Config struct {
+	// NodeID names this instance in the cluster. Required; keep it stable
+	// across restarts of the same DataDir.
+	NodeID string
+	// DataDir holds the Raft log, snapshots and the data file. Required
+	// unless InMemory.
+	DataDir string
+	// InMemory keeps everything in memory (the Raft log, snapshots and the
+	// data); nothing survives Close. For tests and caches.
+	InMemory bool
+
+	// BindAddr is the "host:port" of the TCP port that carries Raft and
+	// member-to-member RPC. Port 0 picks a free port (see Store.Addr).
+	// Default DefaultBindAddr.
+	BindAddr string
+	// AdvertiseAddr is what peers dial, when BindAddr is not reachable as is
+	// (e.g. 0.0.0.0). Default: the bound address.
+	AdvertiseAddr string
+	// GossipBindAddr is the "host:port" for memberlist gossip (TCP and UDP).
+	// Port 0 picks a free port (see Store.GossipAddr). Default
+	// DefaultGossipBindAddr.
+	GossipBindAddr string
+	// GossipAdvertiseAddr is the gossip address other members use. Optional.
+	GossipAdvertiseAddr string
+	// Join lists gossip addresses of existing members. Empty for the first.
+	Join []string
+	// BootstrapExpect is how many voters to wait for before the first
+	// election. Every member that forms the cluster must set the same value.
+	// 0 with an empty Join means 1 (a single-node cluster); 0 with Join means
+	// this instance only joins an existing cluster. An instance with Raft
+	// state in DataDir never bootstraps again.
+	BootstrapExpect int
+	// Logger receives the Store's logs, and those of Raft and memberlist.
+	// nil discards them.
+	Logger *slog.Logger
+
+	// MaxKeySize limits keys, in bytes. Default DefaultMaxKeySize; at most
+	// 64 KiB.
+	MaxKeySize int
+	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize; at
+	// most 8 MiB.
+	MaxValueSize int
+	// MaxVoters is how many members vote. Default DefaultMaxVoters.
+	MaxVoters int
+
+	// HeartbeatTimeout: default DefaultHeartbeatTimeout.
+	HeartbeatTimeout time.Duration
+	// ElectionTimeout: default DefaultElectionTimeout.
+	ElectionTimeout time.Duration
+	// LeaderLeaseTimeout: default DefaultLeaderLeaseTimeout.
+	LeaderLeaseTimeout time.Duration
+	// SnapshotThreshold: default DefaultSnapshotThreshold.
+	SnapshotThreshold uint64
+	// SnapshotInterval: default DefaultSnapshotInterval.
+	SnapshotInterval time.Duration
+	// TrailingLogs: default DefaultTrailingLogs.
+	TrailingLogs uint64
+	// AsyncWriteTimeout: default DefaultAsyncWriteTimeout.
+	AsyncWriteTimeout time.Duration
+
+	// Dial, when set, opens every outbound connection of the transport
+	// (Raft and RPC). It is the hook for fault injection; nil means a
+	// net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// withDefaults returns a copy of c with defaults filled in, or an error
+// wrapping ErrInvalidConfig.
+func (c Config) withDefaults() (Config, error) {
+	if c.NodeID == "" {
+		return c, fmt.Errorf("%w: NodeID is required", ErrInvalidConfig)
+	}
+	if !c.InMemory && c.DataDir == "" {
+		return c, fmt.Errorf("%w: DataDir is required unless InMemory", ErrInvalidConfig)
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = DefaultBindAddr
+	}
+	if c.GossipBindAddr == "" {
+		c.GossipBindAddr = DefaultGossipBindAddr
+	}
+	for name, a := range map[string]string{"BindAddr": c.BindAddr, "AdvertiseAddr": c.AdvertiseAddr, "GossipBindAddr": c.GossipBindAddr, "GossipAdvertiseAddr": c.GossipAdvertiseAddr} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return c, fmt.Errorf("%w: %s %q: %v", ErrInvalidConfig, name, a, err)
+		}
+	}
+	if c.BootstrapExpect < 0 {
+		return c, fmt.Errorf("%w: BootstrapExpect %d", ErrInvalidConfig, c.BootstrapExpect)
+	}
+	if c.BootstrapExpect == 0 && len(c.Join) == 0 {
+		c.BootstrapExpect = 1
+	}
+	def := func(v *int, d, max int, name string) error {
+		if *v == 0 {
+			*v = d
+		}
+		if *v < 0 || max > 0 && *v > max {
+			return fmt.Errorf("%w: %s %d out of range", ErrInvalidConfig, name, *v)
+		}
+		return nil
+	}
+	if err := def(&c.MaxKeySize, DefaultMaxKeySize, maxMaxKeySize, "MaxKeySize"); err != nil {
+		return c, err
+	}
+	if err := def(&c.MaxValueSize, DefaultMaxValueSize, maxMaxValueSize, "MaxValueSize"); err != nil {
+		return c, err
+	}
+	if err := def(&c.MaxVoters, DefaultMaxVoters, 0, "MaxVoters"); err != nil {
+		return c, err
+	}
+	dur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	dur(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	dur(&c.ElectionTimeout, DefaultElectionTimeout)
+	dur(&c.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	dur(&c.SnapshotInterval, DefaultSnapshotInterval)
+	dur(&c.AsyncWriteTimeout, DefaultAsyncWriteTimeout)
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		return c, fmt.Errorf("%w: LeaderLeaseTimeout %v above HeartbeatTimeout %v", ErrInvalidConfig, c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = DefaultTrailingLogs
+	}
+	return c, nil
+}
+
+// ReadOption changes how Get and List read.
+type ReadOption struct{ apply func(*readOptions) }
+
+type readOptions struct {
+	stale bool
+	limit int
+	after string
+	hasAf bool
+}
+
+func collect(opts []ReadOption) readOptions {
+	var ro readOptions
+	for _, o := range opts {
+		if o.apply != nil {
+			o.apply(&ro)
+		}
+	}
+	return ro
+}
+
+// Stale serves the read from this instance's local state at once, without a
+// round trip to the leader: fast, but possibly behind the latest writes (see
+// the package documentation, # Consistency).
+func Stale() ReadOption { return ReadOption{func(o *readOptions) { o.stale = true }} }
+
+// Limit makes List return at most n pairs. n <= 0 means no limit.
+func Limit(n int) ReadOption { return ReadOption{func(o *readOptions) { o.limit = n }} }
+
+// After makes List return only keys strictly greater than key: pass the last
+// key of a page to get the next one.
+func After(key string) ReadOption {
+	return ReadOption{func(o *readOptions) { o.after, o.hasAf = key, true }}
+}

@@ -1,0 +1,241 @@
+package kv
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/storage"
+)
+
+// Pair is a key and its value, as List returns them.
+type Pair struct {
+	Key   string
+	Value []byte
+}
+
+// Get returns the value of key, or an error wrapping ErrNotFound. By default
+// the read is linearizable on any instance: it reflects every write that
+// completed before Get was called. With Stale() it reads this instance's
+// local state at once. The returned slice is the caller's.
+func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
+	if err := s.validate(key, nil); err != nil {
+		return nil, err
+	}
+	ro := collect(opts)
+	if !ro.stale {
+		if err := s.linearize(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var out []byte
+	err := s.eng.View(func(tx storage.ReadTx) error {
+		b, ok := tx.Get([]byte(key))
+		if !ok {
+			return ErrNotFound
+		}
+		r, err := decodeRecord(b)
+		if err != nil {
+			return err
+		}
+		out = bytes.Clone(r.value)
+		if out == nil {
+			out = []byte{}
+		}
+		return nil
+	})
+	return out, s.engineErr(err)
+}
+
+// List returns the pairs whose keys start with prefix, sorted by key, with
+// the same consistency as Get. Limit and After page through large results.
+// The returned slice and its values are the caller's.
+func (s *Store) List(ctx context.Context, prefix string, opts ...ReadOption) ([]Pair, error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	ro := collect(opts)
+	if !ro.stale {
+		if err := s.linearize(ctx); err != nil {
+			return nil, err
+		}
+	}
+	from := []byte(prefix)
+	if ro.hasAf && ro.after >= prefix {
+		from = append([]byte(ro.after), 0) // the smallest key after it
+	}
+	var out []Pair
+	err := s.eng.View(func(tx storage.ReadTx) error {
+		var derr error
+		err := tx.Scan(from, func(k, v []byte) bool {
+			if !bytes.HasPrefix(k, []byte(prefix)) {
+				return false
+			}
+			r, err := decodeRecord(v)
+			if err != nil {
+				derr = fmt.Errorf("key %q: %w", k, err)
+				return false
+			}
+			out = append(out, Pair{Key: string(k), Value: bytes.Clone(r.value)})
+			return ro.limit <= 0 || len(out) < ro.limit
+		})
+		if err == nil {
+			err = derr
+		}
+		return err
+	})
+	if err != nil {
+		return nil, s.engineErr(err)
+	}
+	for i := range out {
+		if out[i].Value == nil {
+			out[i].Value = []byte{}
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) engineErr(err error) error {
+	if errors.Is(err, storage.ErrClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// linearize returns once this instance's data reflects every write committed
+// before it was called: it gets a read index from the leader (itself, or over
+// RPC) and waits until its state machine has applied that far. It retries
+// while there is no leader until ctx ends.
+func (s *Store) linearize(ctx context.Context) error {
+	var last error
+	for b := newBackoff(); ; {
+		if err := ctx.Err(); err != nil {
+			return s.giveUp(err, last)
+		}
+		if s.isClosed() {
+			return ErrClosed
+		}
+		idx, err := s.readIndex(ctx)
+		if err == nil {
+			return s.waitApplied(ctx, idx)
+		}
+		if errors.Is(err, ErrClosed) && s.isClosed() {
+			return ErrClosed
+		}
+		last = err
+		if err := b.wait(ctx, s.ctx.Done()); err != nil {
+			return s.giveUp(err, last)
+		}
+	}
+}
+
+func (s *Store) readIndex(ctx context.Context) (uint64, error) {
+	if s.raft.State() == raft.Leader {
+		return s.readIndexLocal(ctx)
+	}
+	addr, ok := s.leaderAddr()
+	if !ok {
+		return 0, ErrNoLeader
+	}
+	body, err := s.pool.Call(ctx, addr, methodReadIndex, nil)
+	if err != nil {
+		err, _ = fromWire(err)
+		return 0, err
+	}
+	if len(body) != 8 {
+		return 0, fmt.Errorf("kv: read index reply of %d bytes", len(body))
+	}
+	return binary.BigEndian.Uint64(body), nil
+}
+
+// readIndexLocal runs on the leader. The commit index is safe once an entry
+// of the current term has committed (ensureReady); it is read before a
+// heartbeat round confirms the leadership, and the term must not change in
+// between. Every committed data entry is then at or below the returned
+// index, and the entry at the index is one the state machines see.
+func (s *Store) readIndexLocal(ctx context.Context) (uint64, error) {
+	term := s.raft.CurrentTerm()
+	if s.raft.State() != raft.Leader {
+		return 0, errNotLeader
+	}
+	if err := s.ensureReady(ctx); err != nil {
+		return 0, err
+	}
+	idx := s.raft.CommitIndex()
+	if err := s.verifyLeader(ctx); err != nil {
+		return 0, err
+	}
+	if s.raft.CurrentTerm() != term || s.readyTerm.Load() != term {
+		return 0, errNotLeader
+	}
+	return idx, nil
+}
+
+type verifyRound struct {
+	done chan struct{}
+	err  error
+}
+
+// verifyLeader confirms this member still leads with one heartbeat round
+// that starts after the call. Concurrent callers share rounds.
+func (s *Store) verifyLeader(ctx context.Context) error {
+	s.verifyMu.Lock()
+	r := s.verifyNext
+	if r == nil {
+		r = &verifyRound{done: make(chan struct{})}
+		s.verifyNext = r
+	}
+	if !s.verifyRunning {
+		if !s.goFunc(s.runVerify) {
+			s.verifyMu.Unlock()
+			return ErrClosed
+		}
+		s.verifyRunning = true
+	}
+	s.verifyMu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.ctx.Done():
+		return ErrClosed
+	}
+}
+
+func (s *Store) runVerify() {
+	for {
+		s.verifyMu.Lock()
+		r := s.verifyNext
+		s.verifyNext = nil
+		if r == nil {
+			s.verifyRunning = false
+			s.verifyMu.Unlock()
+			return
+		}
+		s.verifyMu.Unlock()
+		r.err = translateRaftErr(s.raft.VerifyLeader().Error())
+		close(r.done)
+	}
+}
+
+// waitApplied waits until the state machine has applied index.
+func (s *Store) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		ch := s.fsm.appliedChan()
+		if s.eng.AppliedIndex() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("kv: wait for index %d: %w", index, ctx.Err())
+		case <-s.ctx.Done():
+			return ErrClosed
+		}
+	}
+}

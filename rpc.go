@@ -1,0 +1,123 @@
+package kv
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/transport"
+)
+
+// RPC methods between members, on the transport's RPC protocol.
+const (
+	// methodApply: body is a command; the leader validates it, applies it
+	// through Raft and replies once it is committed and applied.
+	methodApply uint8 = 1
+	// methodReadIndex: the leader confirms its leadership and replies with
+	// an index that covers every write committed before the request.
+	methodReadIndex uint8 = 2
+)
+
+// Error codes of the RPC replies.
+const (
+	codeNotLeader  uint8 = 1 // not the leader, nothing done: retry elsewhere
+	codeClosed     uint8 = 2 // the member is closing, nothing done
+	codeBadRequest uint8 = 3 // the command is invalid
+	codeUnknown    uint8 = 4 // the write may or may not have been applied
+	codeTimeout    uint8 = 5 // the caller's deadline passed on the leader
+)
+
+// errNotLeader is the internal, retryable "ask the leader" condition.
+var errNotLeader = errors.New("kv: not the leader")
+
+func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byte, error) {
+	if s.isClosed() {
+		return nil, &transport.Error{Code: codeClosed, Msg: ErrClosed.Error()}
+	}
+	switch method {
+	case methodApply:
+		c, err := decodeCommand(body)
+		if err == nil {
+			err = s.validateOps(c.Ops)
+		}
+		if err != nil {
+			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
+		}
+		err = s.applyLocal(ctx, body)
+		if errors.Is(err, ErrClosed) {
+			// Raft stopped under the write: it may have entered the log.
+			err = fmt.Errorf("%w: %v", ErrLeadershipLost, err)
+		}
+		return nil, toWire(err)
+	case methodReadIndex:
+		idx, err := s.readIndexLocal(ctx)
+		if err != nil {
+			return nil, toWire(err)
+		}
+		return binary.BigEndian.AppendUint64(nil, idx), nil
+	}
+	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
+}
+
+// toWire turns a local error into the reply error.
+func toWire(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errNotLeader):
+		return &transport.Error{Code: codeNotLeader, Msg: err.Error()}
+	case errors.Is(err, ErrClosed):
+		return &transport.Error{Code: codeClosed, Msg: err.Error()}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return &transport.Error{Code: codeTimeout, Msg: err.Error()}
+	case errors.Is(err, ErrLeadershipLost):
+		return &transport.Error{Code: codeUnknown, Msg: err.Error()}
+	}
+	return err
+}
+
+// fromWire turns an RPC error into a local one; retry says whether the call
+// certainly had no effect and may go to the leader again.
+func fromWire(err error) (out error, retry bool) {
+	var re *transport.Error
+	switch {
+	case errors.As(err, &re):
+		switch re.Code {
+		case codeNotLeader:
+			return errNotLeader, true
+		case codeClosed:
+			return errNotLeader, true
+		case codeBadRequest:
+			return fmt.Errorf("kv: leader refused the request: %s", re.Msg), false
+		case codeTimeout:
+			return fmt.Errorf("%w: %s", context.DeadlineExceeded, re.Msg), false
+		case codeUnknown:
+			return ErrLeadershipLost, false
+		}
+		return fmt.Errorf("kv: leader: %s", re.Msg), false
+	case errors.Is(err, transport.ErrNotSent):
+		return fmt.Errorf("%w: %v", ErrNoLeader, err), true
+	case errors.Is(err, transport.ErrConnLost):
+		return fmt.Errorf("%w: %v", ErrLeadershipLost, err), false
+	}
+	return err, false
+}
+
+// translateRaftErr maps raft's errors to ours. errNotLeader means nothing
+// was done.
+func translateRaftErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %v", errNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: %v", ErrLeadershipLost, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	return err
+}

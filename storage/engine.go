@@ -1,0 +1,78 @@
+// Package storage holds the durable parts of a cohort/kv instance: the Raft log
+// and stable store (LogStore, on bbolt), and the key-value data itself behind
+// the small Engine interface, with a bbolt implementation for data larger than
+// memory and an in-memory one for Config.InMemory.
+//
+// The snapshot stream format shared by every Engine is written by
+// WriteSnapshot and read by ReadSnapshot; it carries a CRC-32C checksum so that
+// a damaged snapshot is refused before it replaces any data.
+package storage
+
+import (
+	"errors"
+	"io"
+)
+
+// Engine is the key-value data of one instance, as the state machine sees it.
+// Keys are ordered bytewise. Every write happens in Update, which also records
+// the Raft index it applies, so that the data and its applied index never
+// disagree after a crash.
+//
+// Implementations are safe for concurrent use: one Update at a time (the state
+// machine is single-threaded), any number of concurrent View and Snapshot.
+type Engine interface {
+	// AppliedIndex returns the index recorded by the last successful Update or
+	// Restore (0 for an empty engine).
+	AppliedIndex() uint64
+	// Update runs fn in one atomic write transaction that also records index
+	// as applied. If fn returns an error nothing of it is kept.
+	Update(index uint64, fn func(tx WriteTx) error) error
+	// View runs fn on a consistent read-only view of the data. Slices handed
+	// to fn are valid only until fn returns.
+	View(fn func(tx ReadTx) error) error
+	// Snapshot returns a consistent point-in-time view that stays valid, and
+	// does not block Update, until Release.
+	Snapshot() (Snapshot, error)
+	// Restore replaces the whole content, atomically, with a stream written
+	// by WriteSnapshot. On error the previous content is kept.
+	Restore(r io.Reader) error
+	// Close releases the engine. It is idempotent.
+	Close() error
+}
+
+// ReadTx reads from a consistent view of an Engine.
+type ReadTx interface {
+	// Get returns the value of key; ok is false when key is absent. The value
+	// is valid only during the transaction.
+	Get(key []byte) (value []byte, ok bool)
+	// Scan calls fn for every key >= from in ascending order until fn
+	// returns false. Slices are valid only during the call.
+	Scan(from []byte, fn func(key, value []byte) bool) error
+}
+
+// WriteTx is a read-write transaction. Reads see the transaction's own writes.
+type WriteTx interface {
+	ReadTx
+	// Put stores value under key. The engine may keep the slices until the
+	// transaction ends: the caller must not modify them before.
+	Put(key, value []byte) error
+	// Delete removes key; an absent key is not an error.
+	Delete(key []byte) error
+}
+
+// Snapshot is a point-in-time view of an Engine. It must be released.
+type Snapshot interface {
+	ReadTx
+	// AppliedIndex is the index the view reflects.
+	AppliedIndex() uint64
+	// Release frees the view. It is idempotent.
+	Release()
+}
+
+// Errors returned by the engines.
+var (
+	// ErrClosed is returned by an Engine after Close.
+	ErrClosed = errors.New("storage: engine closed")
+	// ErrCorruptSnapshot is returned when a snapshot stream fails its checks.
+	ErrCorruptSnapshot = errors.New("storage: corrupt snapshot")
+)

@@ -1,0 +1,552 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names inside the bbolt file.
+var (
+	logStoreBucketLogs = []byte("logs") // 8-byte big-endian index -> encoded raft.Log
+	logStoreBucketConf = []byte("conf") // stable-store key -> value
+)
+
+const (
+	// logRecordVersion is the first byte of every encoded log record.
+	logRecordVersion byte = 1
+
+	// logFlagAppendedAt marks a record that carries a non-zero AppendedAt.
+	logFlagAppendedAt byte = 1 << 0
+
+	// logKnownFlags is the set of flag bits this version understands.
+	logKnownFlags = logFlagAppendedAt
+
+	// logCRCSize is the size of the trailing CRC32-C checksum.
+	logCRCSize = 4
+
+	// minLogRecordSize is version + index + term + type + flags + two
+	// zero lengths + CRC (all varints at their minimum of one byte).
+	minLogRecordSize = 1 + 1 + 1 + 1 + 1 + 1 + 1 + logCRCSize
+
+	// logStoreOpenTimeout bounds how long OpenLogStore waits for the file lock.
+	logStoreOpenTimeout = time.Second
+
+	// logStoreMmapSize is the initial mmap size; large enough that read
+	// transactions rarely block a writer that needs to remap.
+	logStoreMmapSize = 64 << 20
+
+	// logStoreMaxWriteBuf is the largest write buffer kept between
+	// StoreLogs calls; bigger buffers are released to the GC.
+	logStoreMaxWriteBuf = 4 << 20
+)
+
+// logCRCTable is the CRC32-C table used for record checksums.
+var logCRCTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorruptLog reports a log record that failed its checksum or could not
+// be decoded. Errors returned by GetLog wrap it together with the index;
+// test for it with errors.Is.
+var ErrCorruptLog = errors.New("storage: corrupt log record")
+
+// ErrStableKeyNotFound is returned, unwrapped, by Get and GetUint64 for a
+// key that was never set. Its text is exactly "not found" because hashicorp/raft
+// recognises a missing stable key by comparing err.Error() with that string.
+var ErrStableKeyNotFound = errors.New("not found")
+
+// LogStore keeps hashicorp/raft's log and stable state in one bbolt file.
+// It implements raft.LogStore and raft.StableStore and is safe for
+// concurrent use.
+type LogStore struct {
+	db   *bolt.DB
+	path string
+
+	closeMu sync.Mutex
+	closed  bool
+
+	// writeMu guards wbuf and keyBuf. bbolt only copies keys on Put, so
+	// values must stay untouched until the transaction ends; the buffer is
+	// therefore reused only across, never within, transactions.
+	writeMu sync.Mutex
+	wbuf    []byte
+	keyBuf  [8]byte
+}
+
+// LogStoreOptions configures OpenLogStore.
+type LogStoreOptions struct {
+	// NoSync skips fsync after each commit. Only for tests or data that may
+	// be lost on a crash. The default (false) makes every StoreLog,
+	// StoreLogs, DeleteRange and Set durable before it returns.
+	NoSync bool
+}
+
+var (
+	_ raft.LogStore    = (*LogStore)(nil)
+	_ raft.StableStore = (*LogStore)(nil)
+)
+
+// OpenLogStore opens (creating if needed) the bbolt file at path and ensures
+// its buckets exist. If another LogStore holds the file, it fails after about
+// one second instead of blocking.
+func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         logStoreOpenTimeout,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: logStoreMmapSize,
+		NoSync:          opts.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: open log store %s (is it already open?): %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{logStoreBucketLogs, logStoreBucketConf} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %q: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: init log store %s: %w", path, err)
+	}
+	return &LogStore{db: db, path: path}, nil
+}
+
+// Close closes the underlying bbolt file. It waits for running transactions
+// and is safe to call more than once; later calls return nil.
+func (s *LogStore) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("storage: close log store %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Path returns the path of the bbolt file.
+func (s *LogStore) Path() string { return s.path }
+
+// FirstIndex returns the lowest stored log index, or 0 if the log is empty.
+func (s *LogStore) FirstIndex() (uint64, error) {
+	return s.edgeIndex(true)
+}
+
+// LastIndex returns the highest stored log index, or 0 if the log is empty.
+func (s *LogStore) LastIndex() (uint64, error) {
+	return s.edgeIndex(false)
+}
+
+func (s *LogStore) edgeIndex(first bool) (uint64, error) {
+	var idx uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(logStoreBucketLogs).Cursor()
+		var k []byte
+		if first {
+			k, _ = c.First()
+		} else {
+			k, _ = c.Last()
+		}
+		if k == nil {
+			return nil
+		}
+		if len(k) != 8 {
+			return fmt.Errorf("%w: log key %x is %d bytes, want 8", ErrCorruptLog, k, len(k))
+		}
+		idx = binary.BigEndian.Uint64(k)
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrCorruptLog) {
+			return 0, err
+		}
+		which := "last"
+		if first {
+			which = "first"
+		}
+		return 0, fmt.Errorf("storage: %s index: %w", which, err)
+	}
+	return idx, nil
+}
+
+// GetLog reads the log at index into log. It returns raft.ErrLogNotFound
+// (unwrapped, as raft compares it with ==) if there is no such entry, and an
+// error wrapping ErrCorruptLog if the stored record is damaged.
+func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
+	var key [8]byte
+	binary.BigEndian.PutUint64(key[:], index)
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(logStoreBucketLogs).Get(key[:])
+		if v == nil {
+			return nil
+		}
+		found = true
+		// decodeLog copies Data and Extensions out of the mmap.
+		return decodeLog(index, v, log)
+	})
+	if err != nil {
+		if errors.Is(err, ErrCorruptLog) {
+			return err // already "storage: ..." and names the index
+		}
+		return fmt.Errorf("storage: get log %d: %w", index, err)
+	}
+	if !found {
+		return raft.ErrLogNotFound
+	}
+	return nil
+}
+
+// StoreLog durably stores a single log entry.
+func (s *LogStore) StoreLog(log *raft.Log) error {
+	return s.StoreLogs([]*raft.Log{log})
+}
+
+// StoreLogs stores logs in a single bbolt transaction (one commit, one fsync
+// unless NoSync). Existing entries with the same index are overwritten.
+func (s *LogStore) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+
+	total := 0
+	for _, l := range logs {
+		total += encodedLogSize(l)
+	}
+	if cap(s.wbuf) < total {
+		s.wbuf = make([]byte, 0, total)
+	}
+	buf := s.wbuf[:0]
+
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(logStoreBucketLogs)
+		for _, l := range logs {
+			start := len(buf)
+			buf = appendLog(buf, l)
+			binary.BigEndian.PutUint64(s.keyBuf[:], l.Index)
+			// bbolt clones the key but keeps a reference to the value
+			// until commit; buf was sized up front so it never moves.
+			if err := b.Put(s.keyBuf[:], buf[start:len(buf):len(buf)]); err != nil {
+				return fmt.Errorf("put log %d: %w", l.Index, err)
+			}
+		}
+		return nil
+	})
+	if cap(s.wbuf) > logStoreMaxWriteBuf {
+		s.wbuf = nil
+	}
+	if err != nil {
+		return fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
+			len(logs), logs[0].Index, logs[len(logs)-1].Index, err)
+	}
+	return nil
+}
+
+// DeleteRange deletes the logs with indexes in [min, max], inclusive, in one
+// transaction.
+func (s *LogStore) DeleteRange(min, max uint64) error {
+	if min > max {
+		return nil
+	}
+	var minKey, maxKey [8]byte
+	binary.BigEndian.PutUint64(minKey[:], min)
+	binary.BigEndian.PutUint64(maxKey[:], max)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(logStoreBucketLogs).Cursor()
+		cur := make([]byte, 0, 8)
+		for k, _ := c.Seek(minKey[:]); k != nil && bytes.Compare(k, maxKey[:]) <= 0; {
+			cur = append(cur[:0], k...)
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			// Re-seek rather than c.Next(): in bbolt a Delete followed by
+			// Next can skip an element (etcd-io/bbolt#146). Seeking the
+			// deleted key lands on its successor.
+			k, _ = c.Seek(cur)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err)
+	}
+	return nil
+}
+
+// Set durably stores val under key in the stable store.
+func (s *LogStore) Set(key []byte, val []byte) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(logStoreBucketConf).Put(key, val)
+	})
+	if err != nil {
+		return fmt.Errorf("storage: set %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns a copy of the value stored under key. A missing key yields
+// (nil, ErrStableKeyNotFound), whose text is exactly "not found" as raft expects.
+func (s *LogStore) Get(key []byte) ([]byte, error) {
+	var val []byte
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(logStoreBucketConf).Get(key)
+		if v == nil {
+			return nil
+		}
+		found = true
+		val = append(make([]byte, 0, len(v)), v...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: get %q: %w", key, err)
+	}
+	if !found {
+		return nil, ErrStableKeyNotFound
+	}
+	return val, nil
+}
+
+// SetUint64 durably stores val (8 bytes, big-endian) under key.
+func (s *LogStore) SetUint64(key []byte, val uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], val)
+	return s.Set(key, b[:])
+}
+
+// GetUint64 returns the uint64 stored under key by SetUint64. A missing key
+// yields (0, ErrStableKeyNotFound).
+func (s *LogStore) GetUint64(key []byte) (uint64, error) {
+	var val uint64
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(logStoreBucketConf).Get(key)
+		if v == nil {
+			return nil
+		}
+		found = true
+		if len(v) != 8 {
+			return fmt.Errorf("value is %d bytes, want 8", len(v))
+		}
+		val = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("storage: get uint64 %q: %w", key, err)
+	}
+	if !found {
+		return 0, ErrStableKeyNotFound
+	}
+	return val, nil
+}
+
+// Record format (version 1), all varints unsigned (encoding/binary):
+//
+//	version      1 byte  (= 1)
+//	Index        uvarint
+//	Term         uvarint
+//	Type         1 byte
+//	flags        1 byte  (bit 0: AppendedAt present)
+//	len(Data)    uvarint, then Data
+//	len(Ext)     uvarint, then Extensions
+//	AppendedAt   8 bytes big-endian int64 UnixNano, only if flag bit 0
+//	CRC32-C      4 bytes big-endian over all preceding bytes
+//
+// A zero AppendedAt is not stored and decodes as the zero time. Non-zero
+// times must lie in UnixNano's range (years 1678-2262); they decode in the
+// Local location without a monotonic clock reading.
+
+func logUvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// encodedLogSize returns the exact number of bytes appendLog will add.
+func encodedLogSize(l *raft.Log) int {
+	n := 1 + logUvarintLen(l.Index) + logUvarintLen(l.Term) + 1 + 1 +
+		logUvarintLen(uint64(len(l.Data))) + len(l.Data) +
+		logUvarintLen(uint64(len(l.Extensions))) + len(l.Extensions) +
+		logCRCSize
+	if !l.AppendedAt.IsZero() {
+		n += 8
+	}
+	return n
+}
+
+// appendLog appends the encoded record for l to dst.
+func appendLog(dst []byte, l *raft.Log) []byte {
+	start := len(dst)
+	var flags byte
+	if !l.AppendedAt.IsZero() {
+		flags |= logFlagAppendedAt
+	}
+	dst = append(dst, logRecordVersion)
+	dst = binary.AppendUvarint(dst, l.Index)
+	dst = binary.AppendUvarint(dst, l.Term)
+	dst = append(dst, byte(l.Type), flags)
+	dst = binary.AppendUvarint(dst, uint64(len(l.Data)))
+	dst = append(dst, l.Data...)
+	dst = binary.AppendUvarint(dst, uint64(len(l.Extensions)))
+	dst = append(dst, l.Extensions...)
+	if flags&logFlagAppendedAt != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(l.AppendedAt.UnixNano()))
+	}
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], logCRCTable))
+}
+
+// decodeLog decodes the record stored under key index into out. Any failure,
+// including a record whose Index differs from the key, is reported as an
+// error wrapping ErrCorruptLog that names the index. It never panics.
+func decodeLog(index uint64, b []byte, out *raft.Log) error {
+	if err := unmarshalLog(b, out); err != nil {
+		return fmt.Errorf("%w at index %d: %v", ErrCorruptLog, index, err)
+	}
+	if out.Index != index {
+		return fmt.Errorf("%w at index %d: record holds index %d", ErrCorruptLog, index, out.Index)
+	}
+	return nil
+}
+
+// unmarshalLog verifies the checksum of b and decodes it into out. Data and
+// Extensions are copied (into one allocation) so out does not alias b; empty
+// slices decode as nil.
+func unmarshalLog(b []byte, out *raft.Log) error {
+	if len(b) < minLogRecordSize {
+		return fmt.Errorf("record too short (%d bytes)", len(b))
+	}
+	body := b[:len(b)-logCRCSize]
+	want := binary.BigEndian.Uint32(b[len(b)-logCRCSize:])
+	if got := crc32.Checksum(body, logCRCTable); got != want {
+		return fmt.Errorf("checksum mismatch (stored %08x, computed %08x)", want, got)
+	}
+	if body[0] != logRecordVersion {
+		return fmt.Errorf("unknown record version %d", body[0])
+	}
+	d := logDecoder{buf: body[1:]}
+	index := d.uvarint("index")
+	term := d.uvarint("term")
+	typ := d.u8("type")
+	flags := d.u8("flags")
+	data := d.bytes("data")
+	ext := d.bytes("extensions")
+	var appendedAt time.Time
+	if flags&logFlagAppendedAt != 0 {
+		appendedAt = time.Unix(0, int64(d.u64("appended_at")))
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if flags&^logKnownFlags != 0 {
+		return fmt.Errorf("unknown flags %#02x", flags)
+	}
+	if len(d.buf) != 0 {
+		return fmt.Errorf("%d trailing bytes", len(d.buf))
+	}
+
+	out.Index = index
+	out.Term = term
+	out.Type = raft.LogType(typ)
+	out.Data, out.Extensions = nil, nil
+	if n := len(data) + len(ext); n > 0 {
+		all := make([]byte, n)
+		copy(all, data)
+		copy(all[len(data):], ext)
+		if len(data) > 0 {
+			out.Data = all[:len(data):len(data)]
+		}
+		if len(ext) > 0 {
+			out.Extensions = all[len(data):]
+		}
+	}
+	out.AppendedAt = appendedAt
+	return nil
+}
+
+// logDecoder reads fields from a byte slice, recording the first error; after
+// an error every read returns a zero value.
+type logDecoder struct {
+	buf []byte
+	err error
+}
+
+func (d *logDecoder) fail(field, msg string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("field %s: %s", field, msg)
+	}
+	d.buf = nil
+}
+
+func (d *logDecoder) uvarint(field string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		if n == 0 {
+			d.fail(field, "truncated")
+		} else {
+			d.fail(field, "varint overflow")
+		}
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *logDecoder) u8(field string) byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.buf) < 1 {
+		d.fail(field, "truncated")
+		return 0
+	}
+	v := d.buf[0]
+	d.buf = d.buf[1:]
+	return v
+}
+
+func (d *logDecoder) u64(field string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.buf) < 8 {
+		d.fail(field, "truncated")
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.buf)
+	d.buf = d.buf[8:]
+	return v
+}
+
+// bytes returns a length-prefixed slice aliasing d.buf.
+func (d *logDecoder) bytes(field string) []byte {
+	n := d.uvarint(field + " length")
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.buf)) {
+		d.fail(field, fmt.Sprintf("length %d exceeds remaining %d bytes", n, len(d.buf)))
+		return nil
+	}
+	v := d.buf[:n:n]
+	d.buf = d.buf[n:]
+	return v
+}

@@ -1,0 +1,120 @@
+package transport
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// StreamLayer carries hashicorp/raft's NetworkTransport over the Mux: inbound
+// ProtoRaft connections come out of Accept, and Dial opens connections that
+// start with ProtoRaft. Close closes every connection it handed out, inbound
+// and outbound, so that none of raft's connection goroutines outlive it.
+type StreamLayer struct {
+	m      *Mux
+	ch     chan net.Conn
+	once   sync.Once
+	closed chan struct{}
+
+	mu    sync.Mutex
+	conns map[*streamConn]struct{}
+	shut  bool
+}
+
+var _ raft.StreamLayer = (*StreamLayer)(nil)
+
+func newStreamLayer(m *Mux) *StreamLayer {
+	return &StreamLayer{m: m, ch: make(chan net.Conn), closed: make(chan struct{}), conns: map[*streamConn]struct{}{}}
+}
+
+// streamConn removes itself from the layer's set when closed.
+type streamConn struct {
+	net.Conn
+	s    *StreamLayer
+	once sync.Once
+}
+
+func (c *streamConn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+func (s *StreamLayer) track(c net.Conn) (net.Conn, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		c.Close()
+		return nil, false
+	}
+	sc := &streamConn{Conn: c, s: s}
+	s.conns[sc] = struct{}{}
+	return sc, true
+}
+
+// handoff passes an inbound connection to Accept, or closes it when the layer
+// is closed.
+func (s *StreamLayer) handoff(c net.Conn) {
+	select {
+	case s.ch <- c:
+	case <-s.closed:
+		c.Close()
+	}
+}
+
+// Accept implements net.Listener.
+func (s *StreamLayer) Accept() (net.Conn, error) {
+	for {
+		select {
+		case c := <-s.ch:
+			if tc, ok := s.track(c); ok {
+				return tc, nil
+			}
+		case <-s.closed:
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+// Close implements net.Listener: Accept stops and every connection of the
+// layer is closed. The Mux's own listener is closed by Mux.Close.
+func (s *StreamLayer) Close() error {
+	s.close()
+	return nil
+}
+
+func (s *StreamLayer) close() {
+	s.once.Do(func() { close(s.closed) })
+	s.mu.Lock()
+	s.shut = true
+	conns := s.conns
+	s.conns = map[*streamConn]struct{}{}
+	s.mu.Unlock()
+	for c := range conns {
+		c.Conn.Close()
+	}
+}
+
+// Addr implements net.Listener: the advertised address.
+func (s *StreamLayer) Addr() net.Addr { return s.m.Addr() }
+
+// Dial implements raft.StreamLayer.
+func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := s.m.Dial(ctx, string(address), ProtoRaft)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := s.track(c)
+	if !ok {
+		return nil, net.ErrClosed
+	}
+	return tc, nil
+}
