@@ -42,6 +42,7 @@ type Store struct {
 	// its own, so that its commit index is safe to serve reads from.
 	readyTerm atomic.Uint64
 	ready     singleflight.Group
+	batch     *batcher
 
 	verifyMu      sync.Mutex
 	verifyNext    *verifyRound
@@ -73,6 +74,7 @@ func Open(cfg Config) (*Store, error) {
 	logger = logger.With("node", cfg.NodeID)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel}
+	s.batch = newBatcher(s)
 	if err := s.open(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -138,11 +140,6 @@ func (s *Store) open() error {
 	s.rpc = transport.NewServer(transport.ServerConfig{Handler: s.handleRPC, Logger: s.logger})
 	s.mux.Handle(transport.ProtoRPC, s.rpc.ServeConn)
 	s.pool = transport.NewPool(s.mux, 0, s.logger)
-	s.goFunc(func() {
-		if err := s.mux.Serve(); err != nil {
-			s.logger.Error("transport stopped", "error", err)
-		}
-	})
 
 	// Raft.
 	hasState, err := raft.HasExistingState(logStore, stableStore, s.snaps)
@@ -195,6 +192,13 @@ func (s *Store) open() error {
 	if !hasState {
 		s.goFunc(s.bootstrapLoop)
 	}
+	s.goFunc(s.batch.run)
+	// Serve the port only now: RPC handlers use raft and the batcher.
+	s.goFunc(func() {
+		if err := s.mux.Serve(); err != nil {
+			s.logger.Error("transport stopped", "error", err)
+		}
+	})
 	s.goFunc(s.joinLoop)
 	s.goFunc(s.leaderLoop)
 	return nil

@@ -46,7 +46,7 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		if err != nil {
 			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
 		}
-		err = s.applyLocal(ctx, body)
+		err = s.applyLocal(ctx, c.Ops)
 		if errors.Is(err, ErrClosed) {
 			// Raft stopped under the write: it may have entered the log.
 			err = fmt.Errorf("%w: %v", ErrLeadershipLost, err)

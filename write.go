@@ -125,7 +125,7 @@ func (s *Store) write(ctx context.Context, c *command) error {
 		}
 		var retry bool
 		if s.raft.State() == raft.Leader {
-			err = s.applyLocal(ctx, cmd)
+			err = s.applyLocal(ctx, c.Ops)
 			retry = errors.Is(err, errNotLeader)
 		} else if addr, ok := s.leaderAddr(); ok {
 			_, err = s.pool.Call(ctx, addr, methodApply, cmd)
@@ -165,22 +165,13 @@ func (s *Store) giveUp(ctxErr, last error) error {
 	return fmt.Errorf("%w (%w)", ctxErr, last)
 }
 
-// applyLocal applies a command through this member's Raft, which must lead.
-func (s *Store) applyLocal(ctx context.Context, cmd []byte) error {
-	timeout := time.Duration(0)
-	if dl, ok := ctx.Deadline(); ok {
-		if timeout = time.Until(dl); timeout <= 0 {
-			return ctx.Err()
-		}
-	}
-	f := s.raft.Apply(cmd, timeout)
-	if err := s.waitFuture(ctx, f); err != nil {
+// applyLocal applies ops through this member's Raft, which must lead,
+// coalesced with concurrent writes into one entry.
+func (s *Store) applyLocal(ctx context.Context, ops []op) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err, ok := f.Response().(error); ok && err != nil {
-		return err
-	}
-	return nil
+	return s.batch.submit(ctx, ops)
 }
 
 // waitFuture waits for a raft future, ctx or Close. Raft answers every

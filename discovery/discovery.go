@@ -34,6 +34,7 @@ type Meta struct {
 	Addr         string `codec:"a"`           // transport (Raft and RPC) address
 	Expect       int    `codec:"e,omitempty"` // BootstrapExpect
 	Bootstrapped bool   `codec:"b,omitempty"` // holds Raft state (is or was part of a cluster)
+	Leaving      bool   `codec:"l,omitempty"` // set by Leave just before leaving the pool
 }
 
 // Status is a member's gossip status.
@@ -204,6 +205,9 @@ func (p *Pool) SetMeta(m Meta) error {
 	if err != nil {
 		return err
 	}
+	if len(b) > memberlist.MetaMaxSize {
+		return fmt.Errorf("discovery: metadata of %d bytes is over memberlist's %d", len(b), memberlist.MetaMaxSize)
+	}
 	p.mu.Lock()
 	p.meta = b
 	p.mu.Unlock()
@@ -218,24 +222,15 @@ func (p *Pool) Changed() <-chan struct{} {
 }
 
 // Members returns one Member per NodeID, the best known incarnation (alive
-// before suspect before left before dead, then the latest to join), sorted
-// by ID. The slice is the caller's.
+// before left before dead, then the latest to join), sorted by ID. The slice
+// is the caller's. memberlist does not expose its suspicion state, so
+// StatusSuspect is not reported: a member is alive until declared dead.
 func (p *Pool) Members() []Member {
-	suspect := map[string]bool{}
-	for _, n := range p.ml.Members() {
-		if n.State == memberlist.StateSuspect {
-			suspect[n.Name] = true
-		}
-	}
 	p.mu.Lock()
-	best := map[string]*entry{}
+	best := map[string]entry{}
 	for _, e := range p.members {
-		c := *e
-		if c.Status == StatusAlive && suspect[c.Name] {
-			c.Status = StatusSuspect
-		}
-		if b := best[c.ID]; b == nil || c.Status < b.Status || c.Status == b.Status && c.seq > b.seq {
-			best[c.ID] = &c
+		if b, ok := best[e.ID]; !ok || e.Status < b.Status || e.Status == b.Status && e.seq > b.seq {
+			best[e.ID] = *e
 		}
 	}
 	p.mu.Unlock()
@@ -258,8 +253,15 @@ func (p *Pool) Lookup(id string) (Member, bool) {
 }
 
 // Leave tells the pool this member leaves for good, waiting up to timeout for
-// the message to spread.
-func (p *Pool) Leave(timeout time.Duration) error { return p.ml.Leave(timeout) }
+// the message to spread. meta is gossiped first with Leaving set, so that the
+// others report the member as left rather than dead.
+func (p *Pool) Leave(meta Meta, timeout time.Duration) error {
+	meta.Leaving = true
+	if err := p.SetMeta(meta); err != nil {
+		return err
+	}
+	return p.ml.Leave(timeout)
+}
 
 // Shutdown stops gossip without leaving: the others will see this member
 // fail. Idempotent.
@@ -319,8 +321,10 @@ type events Pool
 func (e *events) NotifyJoin(n *memberlist.Node)   { (*Pool)(e).upsert(n, StatusAlive, true) }
 func (e *events) NotifyUpdate(n *memberlist.Node) { (*Pool)(e).upsert(n, StatusAlive, false) }
 func (e *events) NotifyLeave(n *memberlist.Node) {
+	// memberlist does not fill in n.State for event delegates; a member that
+	// leaves on purpose says so in its metadata first.
 	st := StatusDead
-	if n.State == memberlist.StateLeft {
+	if m, err := DecodeMeta(n.Meta); err == nil && m.Leaving {
 		st = StatusLeft
 	}
 	(*Pool)(e).upsert(n, st, false)

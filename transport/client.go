@@ -170,6 +170,13 @@ func (cc *clientConn) forget(seq uint64) {
 // fail marks the connection broken, drops it from the pool and fails every
 // call waiting on it.
 func (cc *clientConn) fail(err error) {
+	// Out of the pool first, so that whoever reports this failure can rely
+	// on the next call dialling afresh.
+	cc.p.mu.Lock()
+	if cc.p.conns[cc.addr] == cc {
+		delete(cc.p.conns, cc.addr)
+	}
+	cc.p.mu.Unlock()
 	cc.mu.Lock()
 	if cc.broken {
 		cc.mu.Unlock()
@@ -180,11 +187,6 @@ func (cc *clientConn) fail(err error) {
 	cc.pending = nil
 	cc.mu.Unlock()
 	cc.c.Close()
-	cc.p.mu.Lock()
-	if cc.p.conns[cc.addr] == cc {
-		delete(cc.p.conns, cc.addr)
-	}
-	cc.p.mu.Unlock()
 	for _, ch := range pending {
 		close(ch)
 	}

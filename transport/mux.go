@@ -149,7 +149,6 @@ func (m *Mux) Serve() error {
 			conn.Close()
 			return nil
 		}
-		m.wg.Add(1)
 		go m.route(conn)
 	}
 }
@@ -161,6 +160,7 @@ func (m *Mux) track(c net.Conn) bool {
 		return false
 	}
 	m.conns[c] = struct{}{}
+	m.wg.Add(1)
 	return true
 }
 
@@ -213,7 +213,7 @@ func (m *Mux) Close() error {
 	}
 	m.mu.Unlock()
 	err := m.cfg.Listener.Close()
+	m.raft.close() // before waiting: a routing goroutine may wait in handoff
 	m.wg.Wait()
-	m.raft.close()
 	return err
 }

@@ -126,7 +126,11 @@ func readFrame(c net.Conn, r *bufio.Reader, max int, m *Message) error {
 		return err
 	}
 	*m = Message{}
-	return Decode(b, m)
+	if err := Decode(b, m); err != nil {
+		// Not %w: a truncated body must not look like a clean hang-up (EOF).
+		return fmt.Errorf("transport: malformed frame: %v", err)
+	}
+	return nil
 }
 
 // Handler serves one call. ctx ends when the caller's timeout passes or the
@@ -220,7 +224,12 @@ func (s *Server) serve(c net.Conn) {
 			wmu.Lock()
 			defer wmu.Unlock()
 			c.SetWriteDeadline(time.Now().Add(frameIOTimeout))
-			if err := writeFrame(bw, resp, s.cfg.MaxFrame); err != nil {
+			err := writeFrame(bw, resp, s.cfg.MaxFrame)
+			if errors.Is(err, ErrFrameTooLarge) {
+				// Nothing was written: answer with the error instead.
+				err = writeFrame(bw, &Message{Seq: resp.Seq, Code: CodeInternal, Error: err.Error()}, s.cfg.MaxFrame)
+			}
+			if err != nil {
 				s.cfg.Logger.Warn("transport: RPC reply failed", "remote", c.RemoteAddr(), "error", err)
 				c.Close()
 			}
@@ -245,7 +254,7 @@ func (s *Server) call(req *Message) (resp *Message) {
 	body, err := s.cfg.Handler(ctx, req.Method, req.Body)
 	if err != nil {
 		var re *Error
-		if errors.As(err, &re) {
+		if errors.As(err, &re) && re.Code != 0 {
 			resp.Code, resp.Error = re.Code, re.Msg
 		} else {
 			resp.Code, resp.Error = CodeInternal, err.Error()
