@@ -163,6 +163,9 @@ func (s *Store) open() error {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.BatchApplyCh = true
+	// Followers learn the commit index within this, which bounds how long a
+	// linearizable read on a follower waits after a write.
+	rc.CommitTimeout = 20 * time.Millisecond
 	rc.MaxAppendEntries = 256
 	// The data file survives restarts and knows its applied index, so raft
 	// need not replay the snapshot into it (catchUpFromSnapshot covered the

@@ -174,23 +174,6 @@ func (s *Store) applyLocal(ctx context.Context, ops []op) error {
 	return s.batch.submit(ctx, ops)
 }
 
-// waitFuture waits for a raft future, ctx or Close. Raft answers every
-// future, at the latest when it shuts down, so the waiter ends.
-func (s *Store) waitFuture(ctx context.Context, f raft.Future) error {
-	done := make(chan error, 1)
-	if !s.goFunc(func() { done <- f.Error() }) {
-		return ErrClosed
-	}
-	select {
-	case err := <-done:
-		return translateRaftErr(err)
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.ctx.Done():
-		return ErrClosed
-	}
-}
-
 // leaderAddr returns the leader's transport address, preferring what gossip
 // says about the leader's NodeID over the Raft configuration.
 func (s *Store) leaderAddr() (string, bool) {

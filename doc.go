@@ -1,0 +1,98 @@
+// Package kv is an embeddable, strongly consistent, replicated key-value
+// store. Each instance of your service calls Open; the instances find each
+// other by gossip (hashicorp/memberlist), agree through Raft
+// (hashicorp/raft) over one TCP port inside your process, and keep their
+// data in bbolt files. There is no separate database to run.
+//
+// # Basics
+//
+// Open starts an instance and returns a *Store, the only handle, safe for
+// concurrent use. The first instances of a cluster set BootstrapExpect to
+// the number of voters to wait for; later ones list any member's gossip
+// address in Join:
+//
+//	s, err := kv.Open(kv.Config{
+//		NodeID:          "node1",
+//		DataDir:         "/var/lib/myapp/kv",
+//		BindAddr:        "10.0.0.1:7000", // Raft and member RPC
+//		GossipBindAddr:  "10.0.0.1:7946",
+//		Join:            []string{"10.0.0.2:7946"},
+//		BootstrapExpect: 3,
+//	})
+//	...
+//	err = s.Set(ctx, "user:42", []byte("Ada"))
+//	v, err := s.Get(ctx, "user:42")
+//	pairs, err := s.List(ctx, "user:", kv.Limit(100))
+//	err = s.Delete(ctx, "user:42")
+//
+// Any instance serves any call. Writes on a follower are forwarded to the
+// leader over the member RPC protocol; SetAsync and DeleteAsync return a
+// Future at once, and many of them in flight are pipelined. Concurrent writes
+// are coalesced on the leader into few Raft entries (group commit).
+//
+// Keys are non-empty strings of at most Config.MaxKeySize bytes, values at
+// most Config.MaxValueSize bytes. Errors are the exported sentinels
+// (ErrNotFound, ErrClosed, ErrNoLeader, ErrLeadershipLost, ErrEmptyKey,
+// ErrKeyTooLarge, ErrValueTooLarge, ErrInvalidConfig), wrapped with detail:
+// compare them with errors.Is.
+//
+// # Consistency
+//
+// Writes are linearizable. A default Get or List is linearizable on every
+// instance: the instance asks the leader for a read index (the leader
+// confirms it still leads with a round of heartbeats and returns its commit
+// index, once an entry of its own term has committed), waits until its own
+// state machine has applied that index, then reads locally. A read therefore
+// sees every write that completed before it started, whichever instance
+// served either. Stale reads (the Stale option) skip the round trip and read
+// the instance's local state at once: fast and available without a leader,
+// but possibly behind.
+//
+// While there is no leader (an election, a lost majority), calls retry with
+// backoff until their context ends, then return an error that wraps both
+// ErrNoLeader and the context's error. A write whose leader failed after the
+// write entered the log returns ErrLeadershipLost: it may or may not have
+// been applied, and retrying it may apply it twice.
+//
+// # Durability
+//
+// A write that returned nil is committed on a majority of voters: every one
+// of them has it in its Raft log on disk (fsync'd), so it survives any
+// minority of crashes, kill -9 included. Each instance keeps three things in
+// DataDir: raft.db (the Raft log and term, checksummed records in bbolt),
+// data.db (the key-value data in bbolt, with the index it reflects stored in
+// the same transactions) and snapshots/ (Raft snapshots, which compact the
+// log). On restart an instance reads its data file as it is, replays only
+// the log entries after it, and rejoins. InMemory keeps all of this in memory;
+// nothing survives Close.
+//
+// # Membership
+//
+// Each member gossips its NodeID and transport address. With BootstrapExpect
+// N, an instance without Raft state waits until N members that all expect N
+// are in the gossip pool and bootstraps Raft with exactly the N of them with
+// the lowest NodeIDs; every one of them computes the same set. An instance
+// that finds a member with Raft state already never bootstraps: the leader
+// adds it. The leader adds every alive gossip member missing from the Raft
+// configuration, as a voter while there are fewer than MaxVoters voters and
+// as a non-voter otherwise, and updates the address of a member that came
+// back on a new one. Peers are dialled by NodeID through gossip first, so a
+// whole cluster restarted on new ports finds itself again.
+//
+// Close is a stop, not a departure: a leader hands leadership to a follower
+// first, and the instance stays in the configuration, expected back.
+//
+// # Caveats
+//
+//   - BootstrapExpect must be the same on the instances that form the
+//     cluster. Starting more instances than BootstrapExpect at the same time
+//     bootstraps the lowest NodeIDs and lets the others join.
+//   - A write that fails with ErrLeadershipLost or a context error may have
+//     been applied.
+//   - memberlist does not expose suspicion: Members reports a member alive
+//     until gossip declares it dead (a few seconds after it stops answering).
+//   - The transport and gossip ports are unauthenticated: bind them to a
+//     private network.
+//   - After Close returns, a gossip probe that was in flight may linger for
+//     up to a second inside memberlist before it ends on its own.
+package kv

@@ -1,0 +1,79 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/transport"
+)
+
+// Errors keep their meaning across the wire: what the leader reports is what
+// the follower's caller sees, and only "nothing was done" is retried.
+func TestErrors_RoundTripOverTheWire(t *testing.T) {
+	cases := []struct {
+		name      string
+		local     error
+		wantIs    error
+		wantRetry bool
+	}{
+		{"not leader", fmt.Errorf("%w: x", errNotLeader), errNotLeader, true},
+		{"closing", ErrClosed, errNotLeader, true},
+		{"deadline", context.DeadlineExceeded, context.DeadlineExceeded, false},
+		{"cancelled", context.Canceled, context.DeadlineExceeded, false},
+		{"leadership lost", ErrLeadershipLost, ErrLeadershipLost, false},
+		{"raft not leader", translateRaftErr(raft.ErrNotLeader), errNotLeader, true},
+		{"raft transfer", translateRaftErr(raft.ErrLeadershipTransferInProgress), errNotLeader, true},
+		{"raft enqueue timeout", translateRaftErr(raft.ErrEnqueueTimeout), errNotLeader, true},
+		{"raft lost", translateRaftErr(raft.ErrLeadershipLost), ErrLeadershipLost, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			wire := toWire(tc.local)
+			var te *transport.Error
+			if !errors.As(wire, &te) {
+				t.Fatalf("toWire(%v) = %v, not a *transport.Error", tc.local, wire)
+			}
+			got, retry := fromWire(wire)
+			if !errors.Is(got, tc.wantIs) || retry != tc.wantRetry {
+				t.Fatalf("fromWire(toWire(%v)) = %v, retry %v; want Is %v, retry %v", tc.local, got, retry, tc.wantIs, tc.wantRetry)
+			}
+		})
+	}
+	if toWire(nil) != nil {
+		t.Fatal("toWire(nil) != nil")
+	}
+	if err, retry := fromWire(&transport.Error{Code: codeBadRequest, Msg: "bad"}); retry || err == nil {
+		t.Fatalf("bad request: %v, retry %v", err, retry)
+	}
+	if err, retry := fromWire(&transport.Error{Code: transport.CodeInternal, Msg: "boom"}); retry || err == nil {
+		t.Fatalf("internal: %v, retry %v", err, retry)
+	}
+	if err, retry := fromWire(fmt.Errorf("%w: dial", transport.ErrNotSent)); !retry || !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("not sent: %v, retry %v", err, retry)
+	}
+	if err, retry := fromWire(fmt.Errorf("%w: eof", transport.ErrConnLost)); retry || !errors.Is(err, ErrLeadershipLost) {
+		t.Fatalf("conn lost: %v, retry %v", err, retry)
+	}
+	if err := translateRaftErr(raft.ErrRaftShutdown); !errors.Is(err, ErrClosed) {
+		t.Fatalf("raft shutdown: %v", err)
+	}
+	other := errors.New("disk on fire")
+	if err := translateRaftErr(other); err != other {
+		t.Fatalf("other: %v", err)
+	}
+	if err := toWire(other); err != other {
+		t.Fatalf("toWire(other) = %v", err)
+	}
+}
+
+func TestState_String(t *testing.T) {
+	for s, want := range map[State]string{StateFollower: "follower", StateCandidate: "candidate", StateLeader: "leader", StateShutdown: "shutdown", State(9): "State(9)"} {
+		if got := s.String(); got != want {
+			t.Errorf("%d: %q, want %q", int(s), got, want)
+		}
+	}
+}
