@@ -48,7 +48,7 @@ func (s *Store) tryBootstrap(expect int) (done bool) {
 	}
 	var cands []discovery.Member
 	for _, m := range s.gossip.Members() {
-		if m.Status != discovery.StatusAlive {
+		if m.Status != discovery.StatusAlive || m.Leaving {
 			continue
 		}
 		if m.Bootstrapped {
@@ -81,11 +81,18 @@ func (s *Store) tryBootstrap(expect int) (done bool) {
 		s.logger.Info("not among the bootstrap set; waiting to be added", "set", conf.Servers)
 		return true
 	}
+	// The cluster ID is recorded before the Raft state exists, so that an
+	// instance with Raft state always knows its cluster.
+	cluster := clusterIDFor(cands)
+	if err := s.setCluster(cluster); err != nil {
+		s.logger.Error("bootstrap failed", "error", err)
+		return false
+	}
 	if err := s.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
 		s.logger.Error("bootstrap failed", "error", err)
 		return false
 	}
-	s.logger.Info("bootstrapped raft", "servers", len(conf.Servers))
+	s.logger.Info("bootstrapped raft", "servers", len(conf.Servers), "cluster", cluster)
 	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}
@@ -114,6 +121,7 @@ func (s *Store) joinLoop() {
 				marked = true
 			}
 		}
+		s.adoptCluster()
 	}
 }
 
@@ -123,7 +131,7 @@ func (s *Store) joinLoop() {
 // changes.
 func (s *Store) leaderLoop() {
 	leaderCh := s.raft.LeaderCh()
-	tick := time.NewTicker(2 * time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		changed := s.gossip.Changed()
@@ -132,6 +140,7 @@ func (s *Store) leaderLoop() {
 			return
 		case isLeader := <-leaderCh:
 			if isLeader {
+				s.health.reset()
 				s.logger.Info("became leader", "term", s.raft.CurrentTerm())
 				ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 				if err := s.ensureReady(ctx); err != nil {
@@ -187,49 +196,3 @@ func (s *Store) ensureReady(ctx context.Context) error {
 	}
 }
 
-// reconcile adds alive gossip members missing from the Raft configuration
-// (as voters while there are fewer than MaxVoters, else as non-voters) and
-// updates the address of members that came back on a new one.
-func (s *Store) reconcile() {
-	f := s.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
-		return
-	}
-	servers := map[raft.ServerID]raft.Server{}
-	voters := 0
-	for _, srv := range f.Configuration().Servers {
-		servers[srv.ID] = srv
-		if srv.Suffrage == raft.Voter {
-			voters++
-		}
-	}
-	for _, m := range s.gossip.Members() {
-		if m.Status != discovery.StatusAlive || m.Addr == "" {
-			continue
-		}
-		id, addr := raft.ServerID(m.ID), raft.ServerAddress(m.Addr)
-		srv, known := servers[id]
-		var fut raft.IndexFuture
-		switch {
-		case known && srv.Address == addr:
-			continue
-		case known && srv.Suffrage == raft.Voter:
-			s.logger.Info("updating member address", "member", m.ID, "from", srv.Address, "to", addr)
-			fut = s.raft.AddVoter(id, addr, 0, 10*time.Second)
-		case known:
-			s.logger.Info("updating member address", "member", m.ID, "from", srv.Address, "to", addr)
-			fut = s.raft.AddNonvoter(id, addr, 0, 10*time.Second)
-		case voters < s.cfg.MaxVoters:
-			s.logger.Info("adding member as voter", "member", m.ID, "addr", addr)
-			fut = s.raft.AddVoter(id, addr, 0, 10*time.Second)
-			voters++
-		default:
-			s.logger.Info("adding member as non-voter", "member", m.ID, "addr", addr, "voters", voters)
-			fut = s.raft.AddNonvoter(id, addr, 0, 10*time.Second)
-		}
-		if err := fut.Error(); err != nil {
-			s.logger.Warn("membership change failed", "member", m.ID, "error", err)
-			return
-		}
-	}
-}

@@ -17,6 +17,9 @@ var (
 	// leadership after the write entered the log: the write may or may not
 	// have been applied.
 	ErrLeadershipLost = errors.New("kv: leadership lost, write outcome unknown")
+	// ErrWrongCluster is returned by Open when the members it was told to
+	// Join belong to another cluster than its DataDir. Clusters never merge.
+	ErrWrongCluster = errors.New("kv: members of another cluster")
 )
 
 // Errors for bad input. Nothing is written when a call returns one of them.

@@ -2,6 +2,8 @@ package kv
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,7 +38,16 @@ type Store struct {
 	fsm    *fsm
 	eng    storage.Engine
 	logs   *storage.LogStore // nil when InMemory
+	stable raft.StableStore
 	snaps  raft.SnapshotStore
+
+	// Membership: the cluster ID (empty until bootstrapped or adopted), this
+	// start's nonce, and the leader's view of member health.
+	clusterMu sync.Mutex
+	clusterID string
+	nonce     string
+	leaving   atomic.Bool
+	health    *health
 
 	// readyTerm is the term in which this leader has committed an entry of
 	// its own, so that its commit index is safe to serve reads from.
@@ -75,6 +86,7 @@ func Open(cfg Config) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel}
 	s.batch = newBatcher(s)
+	s.health = newHealth()
 	if err := s.open(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -146,6 +158,11 @@ func (s *Store) open() error {
 	if err != nil {
 		return fmt.Errorf("kv: read raft state: %w", err)
 	}
+	s.stable = stableStore
+	if id, err := stableStore.Get(keyClusterID); err == nil {
+		s.clusterID = string(id)
+	}
+	s.nonce = randomHex(8)
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:                s.mux.Raft(),
 		MaxPool:               3,
@@ -208,7 +225,45 @@ func (s *Store) open() error {
 }
 
 func (s *Store) meta(bootstrapped bool) discovery.Meta {
-	return discovery.Meta{ID: s.cfg.NodeID, Addr: s.mux.Addr().String(), Expect: s.cfg.BootstrapExpect, Bootstrapped: bootstrapped}
+	return discovery.Meta{
+		ID:           s.cfg.NodeID,
+		Addr:         s.mux.Addr().String(),
+		Expect:       s.cfg.BootstrapExpect,
+		Bootstrapped: bootstrapped,
+		Leaving:      s.leaving.Load(),
+		ClusterID:    s.cluster(),
+		Nonce:        s.nonce,
+	}
+}
+
+// keyClusterID is where the stable store keeps the cluster ID.
+var keyClusterID = []byte("cohort_cluster_id")
+
+func (s *Store) cluster() string {
+	s.clusterMu.Lock()
+	defer s.clusterMu.Unlock()
+	return s.clusterID
+}
+
+// setCluster records the cluster this instance belongs to, durably.
+func (s *Store) setCluster(id string) error {
+	s.clusterMu.Lock()
+	defer s.clusterMu.Unlock()
+	if s.clusterID == id {
+		return nil
+	}
+	if err := s.stable.Set(keyClusterID, []byte(id)); err != nil {
+		return fmt.Errorf("kv: store cluster ID: %w", err)
+	}
+	s.clusterID = id
+	s.logger.Info("cluster ID recorded", "cluster", id)
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // catchUpFromSnapshot restores the newest snapshot into the data file when

@@ -38,6 +38,12 @@ const (
 	// DefaultTrailingLogs is how many entries a snapshot leaves in the log,
 	// so that a slightly lagging follower catches up without a snapshot.
 	DefaultTrailingLogs = 10240
+	// DefaultDeadMemberTimeout is how long gossip must have reported a member
+	// dead before the leader removes it from the Raft configuration.
+	DefaultDeadMemberTimeout = time.Minute
+	// DefaultStabilizationTime is how long a non-voter must be alive and
+	// caught up before it is promoted to voter.
+	DefaultStabilizationTime = 10 * time.Second
 	// DefaultAsyncWriteTimeout bounds how long a SetAsync or DeleteAsync keeps
 	// trying to reach a leader.
 	DefaultAsyncWriteTimeout = 30 * time.Second
@@ -94,8 +100,18 @@ type Config struct {
 	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize; at
 	// most 8 MiB.
 	MaxValueSize int
-	// MaxVoters is how many members vote. Default DefaultMaxVoters.
+	// MaxVoters is how many members vote. Members that join beyond it
+	// replicate and serve reads as non-voters, and replace voters that are
+	// removed. Default DefaultMaxVoters.
 	MaxVoters int
+	// DeadMemberTimeout is how long gossip must report a member dead before
+	// the leader removes it from the Raft configuration (only while the rest
+	// keep a healthy quorum, never below 3 voters while 3 members are
+	// alive). Default DefaultDeadMemberTimeout.
+	DeadMemberTimeout time.Duration
+	// StabilizationTime is how long a new member must be alive and caught
+	// up before it is promoted to voter. Default DefaultStabilizationTime.
+	StabilizationTime time.Duration
 
 	// HeartbeatTimeout: default DefaultHeartbeatTimeout.
 	HeartbeatTimeout time.Duration
@@ -175,6 +191,8 @@ func (c Config) withDefaults() (Config, error) {
 	dur(&c.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
 	dur(&c.SnapshotInterval, DefaultSnapshotInterval)
 	dur(&c.AsyncWriteTimeout, DefaultAsyncWriteTimeout)
+	dur(&c.DeadMemberTimeout, DefaultDeadMemberTimeout)
+	dur(&c.StabilizationTime, DefaultStabilizationTime)
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		return c, fmt.Errorf("%w: LeaderLeaseTimeout %v above HeartbeatTimeout %v", ErrInvalidConfig, c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	}

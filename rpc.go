@@ -19,6 +19,11 @@ const (
 	// methodReadIndex: the leader confirms its leadership and replies with
 	// an index that covers every write committed before the request.
 	methodReadIndex uint8 = 2
+	// methodRemove: body is the NodeID of a member that leaves; the leader
+	// removes it from the configuration.
+	methodRemove uint8 = 3
+	// methodStatus: the member replies with its term and applied index.
+	methodStatus uint8 = 4
 )
 
 // Error codes of the RPC replies.
@@ -58,6 +63,13 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 			return nil, toWire(err)
 		}
 		return binary.BigEndian.AppendUint64(nil, idx), nil
+	case methodRemove:
+		if len(body) == 0 || len(body) > 1024 {
+			return nil, &transport.Error{Code: codeBadRequest, Msg: "bad member ID"}
+		}
+		return nil, toWire(s.removeMember(ctx, string(body)))
+	case methodStatus:
+		return s.statusReply(), nil
 	}
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }

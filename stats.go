@@ -46,7 +46,11 @@ type Stats struct {
 	AppliedIndex      uint64 // the last index the data reflects
 	LastLogIndex      uint64
 	LastSnapshotIndex uint64
-	Members           int // servers in the Raft configuration
+	Members           int    // servers in the Raft configuration
+	ClusterID         string // empty until bootstrapped or added to a cluster
+	// NotPromoted says, on the leader, why each non-voter is not a voter yet
+	// (nil on other members).
+	NotPromoted map[string]string
 }
 
 // Stats returns this instance's current view. It does not block on the
@@ -74,6 +78,10 @@ func (s *Store) Stats() Stats {
 	if f := s.raft.GetConfiguration(); f.Error() == nil {
 		st.Members = len(f.Configuration().Servers)
 	}
+	st.ClusterID = s.cluster()
+	if st.State == StateLeader {
+		st.NotPromoted = s.health.reasons()
+	}
 	return st
 }
 
@@ -96,9 +104,30 @@ type Member struct {
 	Addr       string // transport address
 	GossipAddr string
 	Status     MemberStatus
-	Voter      bool // a voter in the Raft configuration
-	NonVoter   bool // in the Raft configuration without a vote
+	Suffrage   Suffrage
+	Voter      bool // Suffrage == Voter
 	Leader     bool
+}
+
+// Suffrage is a member's place in the Raft configuration. fmt.Sprint gives
+// voter, non-voter or none.
+type Suffrage int
+
+// Suffrages.
+const (
+	SuffrageNone Suffrage = iota
+	SuffrageVoter
+	SuffrageNonVoter
+)
+
+func (s Suffrage) String() string {
+	switch s {
+	case SuffrageVoter:
+		return "voter"
+	case SuffrageNonVoter:
+		return "non-voter"
+	}
+	return "none"
 }
 
 // Members returns the members sorted by ID. The slice is the caller's.
@@ -121,7 +150,10 @@ func (s *Store) Members() []Member {
 				byID[m.ID] = m
 			}
 			m.Voter = srv.Suffrage == raft.Voter
-			m.NonVoter = srv.Suffrage != raft.Voter
+			m.Suffrage = SuffrageNonVoter
+			if m.Voter {
+				m.Suffrage = SuffrageVoter
+			}
 		}
 	}
 	out := make([]Member, 0, len(byID))

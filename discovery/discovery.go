@@ -35,7 +35,13 @@ type Meta struct {
 	Expect       int    `codec:"e,omitempty"` // BootstrapExpect
 	Bootstrapped bool   `codec:"b,omitempty"` // holds Raft state (is or was part of a cluster)
 	Leaving      bool   `codec:"l,omitempty"` // set by Leave just before leaving the pool
+	ClusterID    string `codec:"c,omitempty"` // the cluster this member belongs to, once known
+	Nonce        string `codec:"n,omitempty"` // random per start; seeds the cluster ID at bootstrap
 }
+
+// ErrWrongCluster is returned by Join when every seed that answered belongs
+// to another cluster than this member.
+var ErrWrongCluster = errors.New("discovery: member of another cluster")
 
 // Status is a member's gossip status.
 type Status int
@@ -90,6 +96,8 @@ type Pool struct {
 
 	mu      sync.Mutex
 	meta    []byte
+	cluster string // our ClusterID, from meta
+	refusal error  // the last merge refused for a cluster mismatch
 	members map[string]*entry // by gossip name
 	seq     uint64
 	changed chan struct{} // closed and replaced on every change
@@ -136,7 +144,7 @@ func Start(cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = logging.Discard()
 	}
-	p := &Pool{logger: cfg.Logger, meta: meta, members: map[string]*entry{}, changed: make(chan struct{})}
+	p := &Pool{logger: cfg.Logger, meta: meta, cluster: cfg.Meta.ClusterID, members: map[string]*entry{}, changed: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
 	var suffix [4]byte
@@ -156,13 +164,18 @@ func Start(cfg Config) (*Pool, error) {
 	mc.Transport = cfg.Transport
 	mc.Delegate = (*delegate)(p)
 	mc.Events = (*events)(p)
+	mc.Merge = (*guard)(p)
+	mc.Alive = (*guard)(p)
 	mc.Logger = logging.StdLog(cfg.Logger, "memberlist")
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	p.ml = ml
-	p.Join(cfg.Join)
+	if _, err := p.JoinErr(cfg.Join); errors.Is(err, ErrWrongCluster) {
+		ml.Shutdown()
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -180,14 +193,32 @@ func splitHostPort(hp string) (string, int, error) {
 
 // Join contacts seeds; it returns how many answered. Errors are logged.
 func (p *Pool) Join(seeds []string) int {
+	n, _ := p.JoinErr(seeds)
+	return n
+}
+
+// JoinErr is Join that also reports why no seed could be joined; the error
+// wraps ErrWrongCluster when seeds answered but belong to another cluster.
+func (p *Pool) JoinErr(seeds []string) (int, error) {
 	if len(seeds) == 0 {
-		return 0
+		return 0, nil
 	}
+	p.mu.Lock()
+	p.refusal = nil
+	p.mu.Unlock()
 	n, err := p.ml.Join(seeds)
 	if err != nil {
 		p.logger.Warn("gossip join failed", "seeds", seeds, "contacted", n, "error", err)
 	}
-	return n
+	if n == 0 {
+		p.mu.Lock()
+		refusal := p.refusal
+		p.mu.Unlock()
+		if refusal != nil {
+			return 0, refusal
+		}
+	}
+	return n, err
 }
 
 // Addr returns the gossip address this member advertises.
@@ -210,6 +241,7 @@ func (p *Pool) SetMeta(m Meta) error {
 	}
 	p.mu.Lock()
 	p.meta = b
+	p.cluster = m.ClusterID
 	p.mu.Unlock()
 	return p.ml.UpdateNode(5 * time.Second)
 }
@@ -329,3 +361,56 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	}
 	(*Pool)(e).upsert(n, st, false)
 }
+
+// guard refuses gossip from members of another cluster: a merge (join or
+// push/pull) that brings one, and alive messages of one. A member without a
+// cluster ID yet (a new instance) is accepted anywhere.
+type guard Pool
+
+func (g *guard) ours() string {
+	p := (*Pool)(g)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cluster != "" {
+		return p.cluster
+	}
+	// Not bootstrapped ourselves: we belong to the cluster of the pool we are in.
+	for _, e := range p.members {
+		if e.ClusterID != "" && e.Status == StatusAlive {
+			return e.ClusterID
+		}
+	}
+	return ""
+}
+
+func (g *guard) check(n *memberlist.Node) error {
+	if len(n.Meta) == 0 {
+		return nil
+	}
+	m, err := DecodeMeta(n.Meta)
+	if err != nil {
+		return nil // logged by the event delegate; such members are ignored
+	}
+	ours := g.ours()
+	if m.ClusterID == "" || ours == "" || m.ClusterID == ours {
+		return nil
+	}
+	err = fmt.Errorf("%w: %s (at %s) is in cluster %s, this member in %s", ErrWrongCluster, m.ID, n.Address(), m.ClusterID, ours)
+	p := (*Pool)(g)
+	p.mu.Lock()
+	p.refusal = err
+	p.mu.Unlock()
+	p.logger.Warn("refused gossip from a member of another cluster", "member", m.ID, "addr", n.Address(), "its_cluster", m.ClusterID, "cluster", ours)
+	return err
+}
+
+func (g *guard) NotifyMerge(peers []*memberlist.Node) error {
+	for _, n := range peers {
+		if err := g.check(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (g *guard) NotifyAlive(n *memberlist.Node) error { return g.check(n) }

@@ -1,0 +1,408 @@
+package kv
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/discovery"
+)
+
+// maxPromotionLag is how far behind the leader's commit index a non-voter
+// may be and still count as caught up.
+const maxPromotionLag = 1024
+
+// health is the leader's view of its members over time. Only the leader
+// loop writes it; Stats reads it.
+type health struct {
+	mu        sync.Mutex
+	deadSince map[string]time.Time // in the configuration, not alive in gossip
+	goodSince map[string]time.Time // non-voters alive and caught up
+	why       map[string]string    // non-voters: why not promoted yet
+}
+
+func newHealth() *health {
+	return &health{deadSince: map[string]time.Time{}, goodSince: map[string]time.Time{}, why: map[string]string{}}
+}
+
+func (h *health) reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.deadSince = map[string]time.Time{}
+	h.goodSince = map[string]time.Time{}
+	h.why = map[string]string{}
+}
+
+func (h *health) reasons() map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]string, len(h.why))
+	for k, v := range h.why {
+		out[k] = v
+	}
+	return out
+}
+
+// clusterIDFor derives the cluster ID from the bootstrap set: every member
+// that bootstraps computes the same one, and the members' random nonces make
+// it differ between clusters.
+func clusterIDFor(set []discovery.Member) string {
+	h := sha256.New()
+	for _, m := range set {
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00", m.ID, m.Addr, m.Nonce)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// reconcile makes the Raft configuration follow the gossip pool. It runs on
+// the leader and makes at most a few changes per pass, one at a time:
+//
+//   - an alive member missing from the configuration is added as a
+//     non-voter (so it catches up before it counts), or its new address is
+//     recorded if it came back on another one;
+//   - a member that left, or that gossip has reported dead for longer than
+//     DeadMemberTimeout, is removed, but only while the voters alive in
+//     gossip hold a majority both before and after the change (a leader cut
+//     off on a minority side sees no such majority and removes nothing), and
+//     never below 3 voters while 3 members are alive;
+//   - a non-voter alive and caught up for StabilizationTime is promoted while
+//     fewer than MaxVoters voters are in service.
+func (s *Store) reconcile() {
+	for i := 0; i < 8; i++ {
+		if s.isClosed() || s.raft.State() != raft.Leader {
+			return
+		}
+		changed, err := s.reconcileOnce()
+		if err != nil {
+			s.logger.Warn("membership change failed", "error", err)
+			return
+		}
+		if !changed {
+			return
+		}
+	}
+}
+
+func (s *Store) reconcileOnce() (bool, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false, err
+	}
+	servers := f.Configuration().Servers
+	inConf := map[string]raft.Server{}
+	for _, srv := range servers {
+		inConf[string(srv.ID)] = srv
+	}
+	gossip := map[string]discovery.Member{}
+	for _, m := range s.gossip.Members() {
+		gossip[m.ID] = m
+	}
+	self := s.cfg.NodeID
+	cluster := s.cluster()
+	now := time.Now()
+
+	// Additions and address changes.
+	for _, m := range s.gossip.Members() {
+		if m.Status != discovery.StatusAlive || m.Addr == "" || m.Leaving || m.ID == self {
+			continue
+		}
+		if m.ClusterID != "" && cluster != "" && m.ClusterID != cluster {
+			s.logger.Warn("refusing member of another cluster", "member", m.ID, "its_cluster", m.ClusterID, "cluster", cluster)
+			continue
+		}
+		id, addr := raft.ServerID(m.ID), raft.ServerAddress(m.Addr)
+		srv, known := inConf[m.ID]
+		switch {
+		case known && srv.Address == addr:
+			continue
+		case known && srv.Suffrage == raft.Voter:
+			s.logger.Info("member came back on a new address", "member", m.ID, "from", srv.Address, "to", addr)
+			return true, s.raft.AddVoter(id, addr, f.Index(), 10*time.Second).Error()
+		case known:
+			s.logger.Info("member came back on a new address", "member", m.ID, "from", srv.Address, "to", addr)
+			return true, s.raft.AddNonvoter(id, addr, f.Index(), 10*time.Second).Error()
+		default:
+			s.logger.Info("member joined; adding it as a non-voter until it has caught up", "member", m.ID, "addr", addr)
+			return true, s.raft.AddNonvoter(id, addr, f.Index(), 10*time.Second).Error()
+		}
+	}
+
+	// Health of the configured members, as gossip sees them.
+	s.health.mu.Lock()
+	voters, aliveVoters, alive := 0, 0, 0
+	for _, srv := range servers {
+		id := string(srv.ID)
+		g, seen := gossip[id]
+		isAlive := id == self || seen && g.Status == discovery.StatusAlive && !g.Leaving
+		if srv.Suffrage == raft.Voter {
+			voters++
+			if isAlive {
+				aliveVoters++
+			}
+		}
+		if isAlive {
+			alive++
+			delete(s.health.deadSince, id)
+		} else if _, ok := s.health.deadSince[id]; !ok {
+			s.health.deadSince[id] = now
+		}
+	}
+	for id := range s.health.deadSince {
+		if _, ok := inConf[id]; !ok {
+			delete(s.health.deadSince, id)
+		}
+	}
+	deadSince := make(map[string]time.Time, len(s.health.deadSince))
+	for k, v := range s.health.deadSince {
+		deadSince[k] = v
+	}
+	s.health.mu.Unlock()
+
+	// Removals: members that left at once, dead ones after the timeout.
+	var removable []raft.Server
+	for _, srv := range servers {
+		id := string(srv.ID)
+		since, dead := deadSince[id]
+		if !dead || id == self {
+			continue
+		}
+		if g, ok := gossip[id]; ok && (g.Status == discovery.StatusLeft || g.Leaving) || now.Sub(since) >= s.cfg.DeadMemberTimeout {
+			removable = append(removable, srv)
+		}
+	}
+	sort.Slice(removable, func(i, j int) bool { return removable[i].ID < removable[j].ID })
+	for _, srv := range removable {
+		if why := s.removalBlocked(srv, voters, aliveVoters, alive); why != "" {
+			s.logger.Debug("not removing dead member yet", "member", srv.ID, "reason", why)
+			continue
+		}
+		if err := s.raft.VerifyLeader().Error(); err != nil {
+			return false, fmt.Errorf("verify leadership before removing %s: %w", srv.ID, err)
+		}
+		s.logger.Warn("removing member from the configuration", "member", srv.ID, "suffrage", srv.Suffrage.String(), "down_for", now.Sub(deadSince[string(srv.ID)]).Round(time.Second))
+		return true, s.raft.RemoveServer(srv.ID, f.Index(), 10*time.Second).Error()
+	}
+
+	// Promotions.
+	inService := voters
+	for _, srv := range servers {
+		if since, dead := deadSince[string(srv.ID)]; dead && srv.Suffrage == raft.Voter && now.Sub(since) >= s.cfg.DeadMemberTimeout {
+			inService--
+		}
+	}
+	commit := s.raft.CommitIndex()
+	term := s.raft.CurrentTerm()
+	why := map[string]string{}
+	var promote *raft.Server
+	for i, srv := range servers {
+		if srv.Suffrage == raft.Voter {
+			continue
+		}
+		id := string(srv.ID)
+		reason := s.caughtUp(id, gossip[id], term, commit)
+		s.health.mu.Lock()
+		if reason != "" {
+			delete(s.health.goodSince, id)
+		} else if _, ok := s.health.goodSince[id]; !ok {
+			s.health.goodSince[id] = now
+		}
+		good := s.health.goodSince[id]
+		s.health.mu.Unlock()
+		switch {
+		case reason != "":
+			why[id] = reason
+		case now.Sub(good) < s.cfg.StabilizationTime:
+			why[id] = fmt.Sprintf("stabilizing: healthy for %v of %v", now.Sub(good).Round(time.Millisecond), s.cfg.StabilizationTime)
+		case inService >= s.cfg.MaxVoters:
+			why[id] = fmt.Sprintf("voters at MaxVoters (%d)", s.cfg.MaxVoters)
+		case promote == nil:
+			promote = &servers[i]
+		default:
+			why[id] = "waiting for another promotion"
+		}
+	}
+	s.health.mu.Lock()
+	s.health.why = why
+	s.health.mu.Unlock()
+	if promote != nil {
+		s.logger.Info("promoting member to voter", "member", promote.ID, "voters", inService+1)
+		return true, s.raft.AddVoter(promote.ID, promote.Address, f.Index(), 10*time.Second).Error()
+	}
+	return false, nil
+}
+
+// removalBlocked says why removing srv would be unsafe now ("" if it is not).
+func (s *Store) removalBlocked(srv raft.Server, voters, aliveVoters, alive int) string {
+	if aliveVoters <= voters/2 {
+		return fmt.Sprintf("only %d of %d voters alive: no healthy quorum on the leader's side", aliveVoters, voters)
+	}
+	if srv.Suffrage != raft.Voter {
+		return ""
+	}
+	after := voters - 1
+	if aliveVoters <= after/2 {
+		return fmt.Sprintf("%d alive voters would not be a majority of %d", aliveVoters, after)
+	}
+	if after < 3 && alive >= 3 {
+		return fmt.Sprintf("would leave %d voters while %d members are alive; promoting first", after, alive)
+	}
+	return ""
+}
+
+// caughtUp asks a non-voter how far it has applied; "" means it is alive in
+// gossip and within maxPromotionLag of commit in the current term.
+func (s *Store) caughtUp(id string, g discovery.Member, term, commit uint64) string {
+	if g.ID == "" || g.Status != discovery.StatusAlive || g.Leaving {
+		return "not alive in gossip"
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+	defer cancel()
+	body, err := s.pool.Call(ctx, g.Addr, methodStatus, nil)
+	if err != nil || len(body) != 16 {
+		return fmt.Sprintf("status unavailable: %v", err)
+	}
+	theirTerm, applied := binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:])
+	if theirTerm != term {
+		return fmt.Sprintf("in term %d, leader in %d", theirTerm, term)
+	}
+	if applied+maxPromotionLag < commit {
+		return fmt.Sprintf("catching up: applied %d of %d", applied, commit)
+	}
+	return ""
+}
+
+// statusReply is this member's term and applied index, for the leader's
+// promotion decisions.
+func (s *Store) statusReply() []byte {
+	b := binary.BigEndian.AppendUint64(nil, s.raft.CurrentTerm())
+	return binary.BigEndian.AppendUint64(b, s.eng.AppliedIndex())
+}
+
+// removeMember runs on the leader for a member's Leave.
+func (s *Store) removeMember(ctx context.Context, id string) error {
+	if s.raft.State() != raft.Leader {
+		return errNotLeader
+	}
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return translateRaftErr(err)
+	}
+	found := false
+	for _, srv := range f.Configuration().Servers {
+		found = found || string(srv.ID) == id
+	}
+	if !found {
+		return nil
+	}
+	s.logger.Info("removing member that leaves", "member", id)
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return translateRaftErr(s.raft.RemoveServer(raft.ServerID(id), f.Index(), timeout).Error())
+}
+
+// Leave removes this instance from the cluster for good and closes it: it
+// stops being added back, hands leadership over if it leads, has the leader
+// remove it from the Raft configuration, leaves the gossip pool, and
+// closes. A member that left can come back only with a fresh DataDir or by
+// joining again (the leader adds it anew). If ctx ends before the removal is
+// committed, Leave returns the error and the instance stays open.
+func (s *Store) Leave(ctx context.Context) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	s.leaving.Store(true)
+	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
+		s.logger.Warn("gossip metadata update failed", "error", err)
+	}
+	s.logger.Info("leaving the cluster")
+	if s.raft.State() == raft.Leader && s.hasOtherVoter() {
+		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+			s.logger.Warn("leadership transfer before leave failed", "error", err)
+		}
+	}
+	var last error
+	for b := newBackoff(); ; {
+		done, err := s.removeSelf(ctx)
+		if done {
+			break
+		}
+		last = err
+		if err := b.wait(ctx, s.ctx.Done()); err != nil {
+			s.leaving.Store(false)
+			s.gossip.SetMeta(s.meta(true))
+			return s.giveUp(err, last)
+		}
+	}
+	if err := s.gossip.Leave(s.meta(true), 5*time.Second); err != nil {
+		s.logger.Warn("gossip leave failed", "error", err)
+	}
+	s.logger.Info("left the cluster")
+	return s.Close()
+}
+
+// removeSelf asks the leader (possibly itself) to remove this member; done
+// is true once this member is out of the configuration.
+func (s *Store) removeSelf(ctx context.Context) (done bool, err error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false, translateRaftErr(err)
+	}
+	others := false
+	in := false
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == s.cfg.NodeID {
+			in = true
+		} else {
+			others = true
+		}
+	}
+	if !in || !others {
+		return true, nil // out already, or the last member: nobody to tell
+	}
+	if s.raft.State() == raft.Leader {
+		err = s.removeMember(ctx, s.cfg.NodeID)
+		return err == nil, err
+	}
+	addr, ok := s.leaderAddr()
+	if !ok {
+		return false, ErrNoLeader
+	}
+	if _, err := s.pool.Call(ctx, addr, methodRemove, []byte(s.cfg.NodeID)); err != nil {
+		err, _ = fromWire(err)
+		return false, err
+	}
+	return true, nil
+}
+
+// adoptCluster records the cluster ID of the cluster that added this
+// instance, as its leader gossips it.
+func (s *Store) adoptCluster() {
+	if s.cluster() != "" {
+		return
+	}
+	_, leader := s.raft.LeaderWithID()
+	if leader == "" {
+		return
+	}
+	m, ok := s.gossip.Lookup(string(leader))
+	if !ok || m.ClusterID == "" {
+		return
+	}
+	if err := s.setCluster(m.ClusterID); err != nil {
+		s.logger.Error("recording cluster ID failed", "error", err)
+		return
+	}
+	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
+		s.logger.Warn("gossip metadata update failed", "error", err)
+	}
+}
+
