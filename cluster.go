@@ -195,4 +195,3 @@ func (s *Store) ensureReady(ctx context.Context) error {
 		return ErrClosed
 	}
 }
-

@@ -405,4 +405,3 @@ func (s *Store) adoptCluster() {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}
 }
-

@@ -96,8 +96,8 @@ type Pool struct {
 
 	mu      sync.Mutex
 	meta    []byte
-	cluster string // our ClusterID, from meta
-	refusal error  // the last merge refused for a cluster mismatch
+	cluster string            // our ClusterID, from meta
+	refusal error             // the last merge refused for a cluster mismatch
 	members map[string]*entry // by gossip name
 	seq     uint64
 	changed chan struct{} // closed and replaced on every change
