@@ -199,6 +199,9 @@ func (s *Store) open() error {
 		Join:          cfg.Join,
 		Logger:        s.logger,
 	})
+	if errors.Is(err, discovery.ErrWrongCluster) {
+		return fmt.Errorf("%w: %v", ErrWrongCluster, err)
+	}
 	if err != nil {
 		return err
 	}

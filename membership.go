@@ -65,8 +65,8 @@ func clusterIDFor(set []discovery.Member) string {
 // the leader and makes at most a few changes per pass, one at a time:
 //
 //   - an alive member missing from the configuration is added as a
-//     non-voter (so it catches up before it counts), or its new address is
-//     recorded if it came back on another one;
+//     non-voter, so that it catches up before it counts (a member back on a
+//     new address needs nothing: peers are dialled by NodeID via gossip);
 //   - a member that left, or that gossip has reported dead for longer than
 //     DeadMemberTimeout, is removed, but only while the voters alive in
 //     gossip hold a majority both before and after the change (a leader cut
@@ -117,21 +117,15 @@ func (s *Store) reconcileOnce() (bool, error) {
 			s.logger.Warn("refusing member of another cluster", "member", m.ID, "its_cluster", m.ClusterID, "cluster", cluster)
 			continue
 		}
-		id, addr := raft.ServerID(m.ID), raft.ServerAddress(m.Addr)
-		srv, known := inConf[m.ID]
-		switch {
-		case known && srv.Address == addr:
+		if _, known := inConf[m.ID]; known {
+			// A member back on a new address needs no change: peers are
+			// dialled by NodeID through gossip (addressBook). Rewriting the
+			// address in the configuration would also hit a data race in
+			// hashicorp/raft (startStopReplication vs. replicateTo, raft#681).
 			continue
-		case known && srv.Suffrage == raft.Voter:
-			s.logger.Info("member came back on a new address", "member", m.ID, "from", srv.Address, "to", addr)
-			return true, s.raft.AddVoter(id, addr, f.Index(), 10*time.Second).Error()
-		case known:
-			s.logger.Info("member came back on a new address", "member", m.ID, "from", srv.Address, "to", addr)
-			return true, s.raft.AddNonvoter(id, addr, f.Index(), 10*time.Second).Error()
-		default:
-			s.logger.Info("member joined; adding it as a non-voter until it has caught up", "member", m.ID, "addr", addr)
-			return true, s.raft.AddNonvoter(id, addr, f.Index(), 10*time.Second).Error()
 		}
+		s.logger.Info("member joined; adding it as a non-voter until it has caught up", "member", m.ID, "addr", m.Addr)
+		return true, s.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), f.Index(), 10*time.Second).Error()
 	}
 
 	// Health of the configured members, as gossip sees them.
@@ -217,6 +211,7 @@ func (s *Store) reconcileOnce() (bool, error) {
 		s.health.mu.Unlock()
 		switch {
 		case reason != "":
+			s.logger.Debug("non-voter not healthy", "member", id, "reason", reason)
 			why[id] = reason
 		case now.Sub(good) < s.cfg.StabilizationTime:
 			why[id] = fmt.Sprintf("stabilizing: healthy for %v of %v", now.Sub(good).Round(time.Millisecond), s.cfg.StabilizationTime)
