@@ -71,16 +71,26 @@
 // Each member gossips its NodeID and transport address. With BootstrapExpect
 // N, an instance without Raft state waits until N members that all expect N
 // are in the gossip pool and bootstraps Raft with exactly the N of them with
-// the lowest NodeIDs; every one of them computes the same set. An instance
-// that finds a member with Raft state already never bootstraps: the leader
-// adds it. The leader adds every alive gossip member missing from the Raft
-// configuration, as a voter while there are fewer than MaxVoters voters and
-// as a non-voter otherwise, and updates the address of a member that came
-// back on a new one. Peers are dialled by NodeID through gossip first, so a
-// whole cluster restarted on new ports finds itself again.
+// the lowest NodeIDs; every one of them computes the same set, and the same
+// cluster ID. An instance that finds a member with Raft state already never
+// bootstraps: the leader adds it.
+//
+// The leader keeps the Raft configuration in step with gossip. A member that
+// joins is added as a non-voter and promoted to voter once it has been alive
+// and caught up for StabilizationTime, while fewer than MaxVoters vote. A
+// member that called Leave is removed at once; one that gossip has reported
+// dead for DeadMemberTimeout is removed then, but only while the alive
+// voters keep a majority before and after the change (a leader cut off on a
+// minority side removes nothing) and never below 3 voters while 3 members
+// are alive; a healthy non-voter takes its place. Peers are dialled by NodeID
+// through gossip, so a member restarted on a new address, or a whole cluster
+// restarted on new ports, finds itself again. Gossip from a member of
+// another cluster is refused, and Open fails with ErrWrongCluster when its
+// Join seeds belong to another cluster than its DataDir.
 //
 // Close is a stop, not a departure: a leader hands leadership to a follower
-// first, and the instance stays in the configuration, expected back.
+// first, and the instance stays in the configuration, expected back. Leave is
+// the departure.
 //
 // # Caveats
 //
