@@ -93,6 +93,8 @@ type Config struct {
 type Pool struct {
 	ml     *memberlist.Memberlist
 	logger *slog.Logger
+	addr   string // advertised gossip address, fixed at Start
+	name   string
 
 	mu      sync.Mutex
 	meta    []byte
@@ -172,6 +174,11 @@ func Start(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("discovery: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	p.ml = ml
+	// Read once: memberlist's LocalNode points at state that UpdateNode
+	// rewrites without a lock readers could take.
+	n := ml.LocalNode()
+	p.addr = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	p.name = n.Name
 	if _, err := p.JoinErr(cfg.Join); errors.Is(err, ErrWrongCluster) {
 		ml.Shutdown()
 		return nil, err
@@ -222,13 +229,10 @@ func (p *Pool) JoinErr(seeds []string) (int, error) {
 }
 
 // Addr returns the gossip address this member advertises.
-func (p *Pool) Addr() string {
-	n := p.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+func (p *Pool) Addr() string { return p.addr }
 
 // Name returns this incarnation's gossip name.
-func (p *Pool) Name() string { return p.ml.LocalNode().Name }
+func (p *Pool) Name() string { return p.name }
 
 // SetMeta gossips new metadata for this member.
 func (p *Pool) SetMeta(m Meta) error {

@@ -8,12 +8,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	kv "github.com/cohortkv/kv"
@@ -75,18 +75,12 @@ func run(ctx context.Context, logger *slog.Logger) error {
 			return err
 		}
 	}
-	var leader *kv.Store
-	var survivors []*kv.Store // the others: they survive step 8
-	for _, s := range nodes {
-		if name(s) == nodes[0].Stats().Leader {
-			leader = s
-		} else {
-			survivors = append(survivors, s)
-		}
+	leader, err := waitLeader(ctx, nodes, "") // the one they all agree on
+	if err != nil {
+		return err
 	}
-	if leader == nil {
-		return errors.New("the leader changed during startup; try again")
-	}
+	// The two followers: they survive step 8.
+	survivors := slices.DeleteFunc(slices.Clone(nodes), func(s *kv.Store) bool { return s == leader })
 	follower := survivors[0]
 	fmt.Printf("\n%s was elected leader (term %d)\n", name(leader), leader.Stats().Term)
 
@@ -149,18 +143,20 @@ func run(ctx context.Context, logger *slog.Logger) error {
 	}
 
 	// 8. Failover: stop the leader. Close hands leadership to a follower
-	// first, so the others need not wait out an election timeout.
+	// first, so the others need not wait out an election timeout. We write
+	// once both survivors know the new leader: a write caught in flight to
+	// the old one would fail with ErrLeadershipLost (outcome unknown).
 	fmt.Printf("\nClosing the leader, %s...\n", name(leader))
 	start = time.Now()
 	if err := leader.Close(); err != nil {
 		return err
 	}
-	newLeader, err := waitNewLeader(ctx, survivors, name(leader))
+	newLeader, err := waitLeader(ctx, survivors, name(leader))
 	if err != nil {
 		return err
 	}
 	fmt.Printf("  %s took over in term %d, %v after the close began\n",
-		newLeader, survivors[0].Stats().Term, time.Since(start).Round(time.Millisecond))
+		name(newLeader), newLeader.Stats().Term, time.Since(start).Round(time.Millisecond))
 	if err := survivors[0].Set(ctx, "after-failover", []byte("still here")); err != nil {
 		return err
 	}
@@ -183,9 +179,9 @@ func run(ctx context.Context, logger *slog.Logger) error {
 
 func name(s *kv.Store) string { return s.Stats().NodeID }
 
-// waitNewLeader polls until every instance in nodes names the same leader,
-// other than old, and returns its NodeID.
-func waitNewLeader(ctx context.Context, nodes []*kv.Store, old string) (string, error) {
+// waitLeader polls until every one of nodes names the same leader, one of
+// them and not old, and returns it.
+func waitLeader(ctx context.Context, nodes []*kv.Store, old string) (*kv.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -195,13 +191,15 @@ func waitNewLeader(ctx context.Context, nodes []*kv.Store, old string) (string, 
 		for _, s := range nodes {
 			agree = agree && s.Stats().Leader == id
 		}
-		if agree && id != "" && id != old {
-			return id, nil
+		for _, s := range nodes {
+			if agree && id != old && name(s) == id {
+				return s, nil
+			}
 		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
-			return "", fmt.Errorf("no new leader after %s closed: %w", old, ctx.Err())
+			return nil, fmt.Errorf("no agreed leader among %d instances: %w", len(nodes), ctx.Err())
 		}
 	}
 }
