@@ -73,8 +73,12 @@ func TestCluster_FollowerCatchesUpThroughSnapshot(t *testing.T) {
 		}
 	}
 	check(back, false)
-	if st := back.Stats(); st.LastSnapshotIndex == 0 {
-		t.Fatalf("the follower did not install a snapshot: %+v", st)
+	// Raft records the installed snapshot just after the data is restored.
+	for st := back.Stats(); st.LastSnapshotIndex == 0; st = back.Stats() {
+		if ctx.Err() != nil {
+			t.Fatalf("the follower did not install a snapshot: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	// Its data file survives a restart without replaying the snapshot.
 	c.restart(f)
