@@ -135,7 +135,7 @@ func (b *batcher) issue(batch []*pendingWrite) {
 		return
 	}
 	f := b.s.raft.Apply(cmd, 10*time.Second)
-	if !b.s.goFunc(func() {
+	if !b.s.goRaft(func() {
 		err := translateRaftErr(f.Error())
 		if err == nil {
 			if rerr, ok := f.Response().(error); ok {

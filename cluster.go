@@ -1,8 +1,6 @@
 package kv
 
 import (
-	"context"
-	"fmt"
 	"sort"
 	"time"
 
@@ -68,8 +66,10 @@ func (s *Store) tryBootstrap(expect int) (done bool) {
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].ID < cands[j].ID })
 	if len(cands) > expect {
-		s.logger.Warn("more members than BootstrapExpect; bootstrapping with the lowest NodeIDs", "seen", len(cands), "expect", expect)
-		cands = cands[:expect]
+		// Members that see different subsets could bootstrap different
+		// clusters: refuse, as Consul does, and wait for one to exist.
+		s.logger.Error("more members expect to bootstrap than BootstrapExpect; not bootstrapping", "seen", len(cands), "expect", expect)
+		return false
 	}
 	var conf raft.Configuration
 	self := false
@@ -142,56 +142,38 @@ func (s *Store) leaderLoop() {
 			if isLeader {
 				s.health.reset()
 				s.logger.Info("became leader", "term", s.raft.CurrentTerm())
-				ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-				if err := s.ensureReady(ctx); err != nil {
-					s.logger.Warn("leader could not commit its term marker", "error", err)
-				}
-				cancel()
 			} else {
 				s.logger.Info("lost leadership")
 			}
 		case <-changed:
 		case <-tick.C:
 		}
+		if s.isClosed() {
+			return
+		}
 		if s.raft.State() == raft.Leader {
+			s.markTerm()
 			s.reconcile()
 		}
 	}
 }
 
-// ensureReady makes sure an entry of the current term has committed on this
-// leader. Concurrent callers share one marker entry.
-func (s *Store) ensureReady(ctx context.Context) error {
+// markTerm commits a marker entry of the current term on this leader, after
+// which its commit index is safe to serve reads from (readIndexLocal).
+func (s *Store) markTerm() {
 	term := s.raft.CurrentTerm()
-	if s.readyTerm.Load() == term {
-		return nil
+	if s.readyTerm.Load() == term || s.raft.State() != raft.Leader {
+		return
 	}
-	ch := s.ready.DoChan(fmt.Sprint(term), func() (any, error) {
-		cmd, err := encodeCommand(&command{})
-		if err != nil {
-			return nil, err
-		}
-		f := s.raft.Apply(cmd, 5*time.Second)
-		if err := f.Error(); err != nil {
-			return nil, err
-		}
-		if s.raft.CurrentTerm() == term {
-			s.readyTerm.Store(term)
-		}
-		return nil, nil
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return translateRaftErr(r.Err)
-		}
-		if s.readyTerm.Load() != term {
-			return errNotLeader
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.ctx.Done():
-		return ErrClosed
+	cmd, err := encodeCommand(&command{})
+	if err != nil {
+		return
+	}
+	if err := s.raft.Apply(cmd, 5*time.Second).Error(); err != nil {
+		s.logger.Warn("leader could not commit its term marker", "term", term, "error", err)
+		return
+	}
+	if s.raft.CurrentTerm() == term {
+		s.readyTerm.Store(term)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
@@ -126,6 +127,10 @@ type fsm struct {
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
+	// abandoned is set when a batch could not be applied before the Store
+	// stopped: from then on nothing is applied or snapshotted, so that no
+	// later index can cover the hole.
+	abandoned atomic.Bool
 }
 
 var (
@@ -147,6 +152,12 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	resp := make([]any, len(logs))
 	if len(logs) == 0 {
+		return resp
+	}
+	if f.abandoned.Load() {
+		for i := range resp {
+			resp[i] = ErrClosed
+		}
 		return resp
 	}
 	last := logs[len(logs)-1].Index
@@ -183,6 +194,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
 		select {
 		case <-f.stop:
+			f.abandoned.Store(true)
 			for i := range resp {
 				resp[i] = ErrClosed
 			}
@@ -234,6 +246,9 @@ func (f *fsm) appliedChan() <-chan struct{} {
 // Snapshot implements raft.FSM: a consistent point-in-time view of the
 // engine; Persist streams it without holding the data in memory.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if f.abandoned.Load() {
+		return nil, ErrClosed
+	}
 	s, err := f.eng.Snapshot()
 	if err != nil {
 		return nil, err

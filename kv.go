@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/cohortkv/kv/discovery"
 	"github.com/cohortkv/kv/internal/logging"
@@ -52,7 +51,6 @@ type Store struct {
 	// readyTerm is the term in which this leader has committed an entry of
 	// its own, so that its commit index is safe to serve reads from.
 	readyTerm atomic.Uint64
-	ready     singleflight.Group
 	batch     *batcher
 
 	verifyMu      sync.Mutex
@@ -60,12 +58,16 @@ type Store struct {
 	verifyRunning bool
 
 	// Lifecycle: ctx ends when Close begins; every goroutine is started by
-	// goFunc and awaited by Close.
+	// goFunc (or goRaft, for those that wait on raft futures) and awaited by
+	// Close. raftStop closes just before raft shuts down: raft leaves
+	// futures unanswered at shutdown, so nothing may wait on one after it.
 	ctx       context.Context
 	cancel    context.CancelFunc
+	raftStop  chan struct{}
 	lifeMu    sync.Mutex
 	closing   bool
 	wg        sync.WaitGroup
+	rwg       sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -84,7 +86,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	logger = logger.With("node", cfg.NodeID)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel}
+	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{})}
 	s.batch = newBatcher(s)
 	s.health = newHealth()
 	if err := s.open(); err != nil {
@@ -132,7 +134,7 @@ func (s *Store) open() error {
 			return err
 		}
 	}
-	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done())
+	s.fsm = newFSM(s.eng, s.logger, s.raftStop)
 
 	// Transport.
 	ln, err := net.Listen("tcp", cfg.BindAddr)
@@ -213,9 +215,9 @@ func (s *Store) open() error {
 	s.logger.Info("started", "addr", s.Addr(), "gossip", s.GossipAddr(), "existing_state", hasState, "in_memory", cfg.InMemory)
 
 	if !hasState {
-		s.goFunc(s.bootstrapLoop)
+		s.goRaft(s.bootstrapLoop)
 	}
-	s.goFunc(s.batch.run)
+	s.goRaft(s.batch.run)
 	// Serve the port only now: RPC handlers use raft and the batcher.
 	s.goFunc(func() {
 		if err := s.mux.Serve(); err != nil {
@@ -223,7 +225,7 @@ func (s *Store) open() error {
 		}
 	})
 	s.goFunc(s.joinLoop)
-	s.goFunc(s.leaderLoop)
+	s.goRaft(s.leaderLoop)
 	return nil
 }
 
@@ -280,20 +282,19 @@ func (s *Store) catchUpFromSnapshot() error {
 	if len(metas) == 0 || metas[0].Index <= s.eng.AppliedIndex() {
 		return nil
 	}
-	var errs []error
-	for _, m := range metas {
-		_, rc, err := s.snaps.Open(m.ID)
-		if err == nil {
-			err = s.eng.Restore(rc)
-			rc.Close()
-		}
-		if err == nil {
-			s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("snapshot %s: %w", m.ID, err))
+	// Raft takes the newest snapshot's index as applied without reading it
+	// (NoSnapshotRestoreOnStart), so only that snapshot can fill the gap.
+	m := metas[0]
+	_, rc, err := s.snaps.Open(m.ID)
+	if err == nil {
+		err = s.eng.Restore(rc)
+		rc.Close()
 	}
-	return fmt.Errorf("kv: data file is behind the snapshots and none restores: %w", errors.Join(errs...))
+	if err != nil {
+		return fmt.Errorf("kv: data file is at index %d, behind snapshot %s (index %d), which does not restore: %w", s.eng.AppliedIndex(), m.ID, m.Index, err)
+	}
+	s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
+	return nil
 }
 
 // goFunc runs f in a goroutine that Close waits for. It returns false, and
@@ -307,6 +308,24 @@ func (s *Store) goFunc(f func()) bool {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// goRaft is goFunc for goroutines that wait on raft futures: Close waits for
+// them before it shuts raft down.
+func (s *Store) goRaft(f func()) bool {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	s.rwg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.rwg.Done()
 		f()
 	}()
 	return true
@@ -332,9 +351,11 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// shutdown runs in this order: stop accepting calls, hand off leadership,
-// stop raft, stop gossip, close the transport, wait for goroutines, close
-// the files.
+// shutdown runs in this order: stop accepting calls; hand off leadership;
+// answer forwarded calls that still arrive with "closed" until they stop,
+// then close the RPC server; wait for the goroutines that wait on raft
+// futures; stop raft; stop gossip; close the transport; wait for the other
+// goroutines; close the files.
 func (s *Store) shutdown() error {
 	s.lifeMu.Lock()
 	s.closing = true
@@ -342,14 +363,28 @@ func (s *Store) shutdown() error {
 	s.cancel()
 
 	var errs []error
+	wasLeader := false
 	if s.raft != nil {
-		if s.raft.State() == raft.Leader && s.hasOtherVoter() {
+		wasLeader = s.raft.State() == raft.Leader
+		if wasLeader && s.hasOtherVoter() {
 			if err := s.raft.LeadershipTransfer().Error(); err != nil {
 				s.logger.Warn("leadership transfer on close failed", "error", err)
 			} else {
 				s.logger.Info("leadership handed over on close")
 			}
 		}
+	}
+	if s.rpc != nil {
+		if wasLeader {
+			// Followers still forwarding to us get a retryable "closed"
+			// until they have noticed the new leader.
+			s.rpc.Drain(100*time.Millisecond, 2*time.Second)
+		}
+		s.rpc.Close()
+	}
+	s.rwg.Wait()
+	close(s.raftStop)
+	if s.raft != nil {
 		if err := s.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
@@ -364,9 +399,6 @@ func (s *Store) shutdown() error {
 	}
 	if s.pool != nil {
 		s.pool.Close()
-	}
-	if s.rpc != nil {
-		s.rpc.Close()
 	}
 	if s.mux != nil {
 		s.mux.Close()

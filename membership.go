@@ -173,7 +173,7 @@ func (s *Store) reconcileOnce() (bool, error) {
 	}
 	sort.Slice(removable, func(i, j int) bool { return removable[i].ID < removable[j].ID })
 	for _, srv := range removable {
-		if why := s.removalBlocked(srv, voters, aliveVoters, alive); why != "" {
+		if why := s.removalBlocked(srv, voters, aliveVoters, aliveVoters, alive); why != "" {
 			s.logger.Debug("not removing dead member yet", "member", srv.ID, "reason", why)
 			continue
 		}
@@ -233,20 +233,23 @@ func (s *Store) reconcileOnce() (bool, error) {
 	return false, nil
 }
 
-// removalBlocked says why removing srv would be unsafe now ("" if it is not).
-func (s *Store) removalBlocked(srv raft.Server, voters, aliveVoters, alive int) string {
-	if aliveVoters <= voters/2 {
-		return fmt.Sprintf("only %d of %d voters alive: no healthy quorum on the leader's side", aliveVoters, voters)
+// removalBlocked says why removing srv would be unsafe now ("" if it is
+// not): the alive voters must be a majority now (aliveNow) and, without srv,
+// of the smaller configuration (aliveAfter), and a voter is not removed below
+// 3 voters while 3 members would remain alive (aliveMembers).
+func (s *Store) removalBlocked(srv raft.Server, voters, aliveNow, aliveAfter, aliveMembers int) string {
+	if aliveNow <= voters/2 {
+		return fmt.Sprintf("only %d of %d voters alive: no healthy quorum on the leader's side", aliveNow, voters)
 	}
 	if srv.Suffrage != raft.Voter {
 		return ""
 	}
 	after := voters - 1
-	if aliveVoters <= after/2 {
-		return fmt.Sprintf("%d alive voters would not be a majority of %d", aliveVoters, after)
+	if aliveAfter <= after/2 {
+		return fmt.Sprintf("%d alive voters would not be a majority of %d", aliveAfter, after)
 	}
-	if after < 3 && alive >= 3 {
-		return fmt.Sprintf("would leave %d voters while %d members are alive; promoting first", after, alive)
+	if after < 3 && aliveMembers >= 3 {
+		return fmt.Sprintf("would leave %d voters while %d members are alive; promoting first", after, aliveMembers)
 	}
 	return ""
 }
@@ -280,21 +283,53 @@ func (s *Store) statusReply() []byte {
 	return binary.BigEndian.AppendUint64(b, s.eng.AppliedIndex())
 }
 
-// removeMember runs on the leader for a member's Leave.
+// removeMember runs on the leader for a member's Leave. The member must say
+// it is leaving (in gossip, or be this leader leaving), and the removal must
+// keep the rules reconcile keeps, counting the leaver as gone; otherwise the
+// caller retries.
 func (s *Store) removeMember(ctx context.Context, id string) error {
 	if s.raft.State() != raft.Leader {
 		return errNotLeader
+	}
+	if id == s.cfg.NodeID {
+		if !s.leaving.Load() {
+			return fmt.Errorf("kv: refusing to remove %s: it is not leaving", id)
+		}
+	} else if m, ok := s.gossip.Lookup(id); ok && !m.Leaving && m.Status != discovery.StatusLeft {
+		return fmt.Errorf("kv: refusing to remove %s: it is not leaving", id)
 	}
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return translateRaftErr(err)
 	}
-	found := false
-	for _, srv := range f.Configuration().Servers {
-		found = found || string(srv.ID) == id
+	var target *raft.Server
+	voters, aliveNow, aliveAfter, aliveMembers := 0, 0, 0, 0
+	servers := f.Configuration().Servers
+	for i, srv := range servers {
+		sid := string(srv.ID)
+		if sid == id {
+			target = &servers[i]
+		}
+		g, seen := s.gossip.Lookup(sid)
+		isAlive := sid == s.cfg.NodeID || seen && g.Status == discovery.StatusAlive
+		if srv.Suffrage == raft.Voter {
+			voters++
+			if isAlive {
+				aliveNow++
+				if sid != id {
+					aliveAfter++
+				}
+			}
+		}
+		if isAlive && sid != id {
+			aliveMembers++
+		}
 	}
-	if !found {
+	if target == nil {
 		return nil
+	}
+	if why := s.removalBlocked(*target, voters, aliveNow, aliveAfter, aliveMembers); why != "" {
+		return fmt.Errorf("kv: not removing %s yet: %s", id, why)
 	}
 	s.logger.Info("removing member that leaves", "member", id)
 	timeout := 10 * time.Second

@@ -52,7 +52,7 @@ const (
 // Limits on the configurable sizes, so that a command always fits one frame
 // of the transport.
 const (
-	maxMaxKeySize   = 64 << 10
+	maxMaxKeySize   = 32 << 10 // bbolt's limit on a key
 	maxMaxValueSize = 8 << 20
 )
 
@@ -95,7 +95,7 @@ type Config struct {
 	Logger *slog.Logger
 
 	// MaxKeySize limits keys, in bytes. Default DefaultMaxKeySize; at most
-	// 64 KiB.
+	// 32 KiB (bbolt's limit).
 	MaxKeySize int
 	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize; at
 	// most 8 MiB.

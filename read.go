@@ -153,7 +153,7 @@ func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 }
 
 // readIndexLocal runs on the leader. The commit index is safe once an entry
-// of the current term has committed (ensureReady); it is read before a
+// of the current term has committed (markTerm); it is read before a
 // heartbeat round confirms the leadership, and the term must not change in
 // between. Every committed data entry is then at or below the returned
 // index, and the entry at the index is one the state machines see.
@@ -162,8 +162,10 @@ func (s *Store) readIndexLocal(ctx context.Context) (uint64, error) {
 	if s.raft.State() != raft.Leader {
 		return 0, errNotLeader
 	}
-	if err := s.ensureReady(ctx); err != nil {
-		return 0, err
+	if s.readyTerm.Load() != term {
+		// The leader loop commits the term's marker entry; until then the
+		// commit index may lag what earlier leaders committed.
+		return 0, fmt.Errorf("%w: leader of term %d not ready for reads yet", errNotLeader, term)
 	}
 	idx := s.raft.CommitIndex()
 	if err := s.verifyLeader(ctx); err != nil {
@@ -190,7 +192,7 @@ func (s *Store) verifyLeader(ctx context.Context) error {
 		s.verifyNext = r
 	}
 	if !s.verifyRunning {
-		if !s.goFunc(s.runVerify) {
+		if !s.goRaft(s.runVerify) {
 			s.verifyMu.Unlock()
 			return ErrClosed
 		}
@@ -218,7 +220,11 @@ func (s *Store) runVerify() {
 			return
 		}
 		s.verifyMu.Unlock()
-		r.err = translateRaftErr(s.raft.VerifyLeader().Error())
+		if s.isClosed() {
+			r.err = ErrClosed
+		} else {
+			r.err = translateRaftErr(s.raft.VerifyLeader().Error())
+		}
 		close(r.done)
 	}
 }

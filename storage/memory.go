@@ -59,18 +59,19 @@ func (m *Memory) Update(index uint64, fn func(WriteTx) error) error {
 
 // View implements Engine.
 func (m *Memory) View(fn func(ReadTx) error) error {
+	t := m.cur.Load().tree // before the closed check: Close empties cur after setting closed
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	return fn(memTx{t: m.cur.Load().tree})
+	return fn(memTx{t: t})
 }
 
 // Snapshot implements Engine.
 func (m *Memory) Snapshot() (Snapshot, error) {
+	st := m.cur.Load()
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
-	st := m.cur.Load()
 	return &memSnap{memTx: memTx{t: st.tree}, index: st.applied}, nil
 }
 

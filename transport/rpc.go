@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
@@ -156,6 +157,9 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	lastRead atomic.Int64 // UnixNano of the last request read
+	inFlight atomic.Int64
 }
 
 // NewServer returns a Server; hand it connections with ServeConn.
@@ -206,7 +210,9 @@ func (s *Server) serve(c net.Conn) {
 	}()
 	for {
 		var req Message
-		if err := readFrame(c, br, s.cfg.MaxFrame, &req); err != nil {
+		err := readFrame(c, br, s.cfg.MaxFrame, &req)
+		s.lastRead.Store(time.Now().UnixNano())
+		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.cfg.Logger.Warn("transport: dropping RPC connection", "remote", c.RemoteAddr(), "error", err)
 			}
@@ -218,8 +224,9 @@ func (s *Server) serve(c net.Conn) {
 			return
 		}
 		calls.Add(1)
+		s.inFlight.Add(1)
 		go func() {
-			defer func() { <-sem; calls.Done() }()
+			defer func() { <-sem; s.inFlight.Add(-1); calls.Done() }()
 			resp := s.call(&req)
 			wmu.Lock()
 			defer wmu.Unlock()
@@ -263,6 +270,20 @@ func (s *Server) call(req *Message) (resp *Message) {
 	}
 	resp.Body = body
 	return resp
+}
+
+// Drain waits, for at most max, until no call is in flight and none has
+// arrived for quiet: the owner answers calls with a retryable error meanwhile,
+// so that peers move elsewhere before the connections close.
+func (s *Server) Drain(quiet, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		idle := time.Since(time.Unix(0, s.lastRead.Load()))
+		if s.inFlight.Load() == 0 && idle >= quiet {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Close closes every connection, cancels running handlers and waits for
