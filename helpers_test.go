@@ -16,6 +16,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("KV_CRASH_CHILD") != "" {
+		runCrashChild() // never returns: the parent kills it
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := findLeaks(); err != nil {

@@ -1,0 +1,197 @@
+package kv_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	kv "github.com/cohortkv/kv"
+)
+
+// runCrashChild is the test binary run as one instance in its own process:
+// it opens a Store from the environment, prints its addresses and waits to
+// be killed.
+func runCrashChild() {
+	var join []string
+	if j := os.Getenv("KV_JOIN"); j != "" {
+		join = strings.Split(j, ",")
+	}
+	expect := 0
+	fmt.Sscan(os.Getenv("KV_EXPECT"), &expect)
+	s, err := kv.Open(kv.Config{
+		NodeID:          os.Getenv("KV_NODE_ID"),
+		DataDir:         os.Getenv("KV_DATA_DIR"),
+		Join:            join,
+		BootstrapExpect: expect,
+		MaxVoters:       3,
+	})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	fmt.Println("READY", s.Addr(), s.GossipAddr())
+	select {}
+}
+
+type child struct {
+	id, dir string
+	cmd     *exec.Cmd
+	gossip  string
+}
+
+func startChild(t *testing.T, id, dir string, expect int, join []string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "KV_CRASH_CHILD=1", "KV_NODE_ID="+id, "KV_DATA_DIR="+dir,
+		"KV_JOIN="+strings.Join(join, ","), fmt.Sprintf("KV_EXPECT=%d", expect))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	select {
+	case l := <-lines:
+		f := strings.Fields(l)
+		if len(f) != 3 || f[0] != "READY" {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("child %s: %s", id, l)
+		}
+		c := &child{id: id, dir: dir, cmd: cmd, gossip: f[2]}
+		t.Cleanup(c.kill)
+		return c
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child %s did not start", id)
+	}
+	return nil
+}
+
+// kill sends SIGKILL: no Close, no fsync beyond what was already done.
+func (c *child) kill() {
+	if c.cmd.ProcessState == nil {
+		c.cmd.Process.Signal(syscall.SIGKILL)
+		c.cmd.Wait()
+	}
+}
+
+// Every acknowledged write survives kill -9 of the leader during a write
+// burst, and then kill -9 of every voter at once: acknowledged means on disk
+// on a majority.
+func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	dir := t.TempDir()
+	kids := map[string]*child{}
+	var seeds []string
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("c%d", i)
+		k := startChild(t, id, filepath.Join(dir, id), 3, seeds)
+		kids[id] = k
+		seeds = append(seeds, k.gossip)
+	}
+	// This process joins as a non-voter (MaxVoters 3) and drives the load.
+	me, err := kv.Open(kv.Config{NodeID: "driver", InMemory: true, Join: seeds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer me.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if err := me.Set(ctx, "hello", []byte("world")); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	acked := map[string]string{}
+	burst := func(prefix string, n int) {
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := 0; i < n; i++ {
+					k, v := fmt.Sprintf("%s/%d/%d", prefix, g, i), fmt.Sprint(i)
+					wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+					err := me.Set(wctx, k, []byte(v))
+					wcancel()
+					if err == nil {
+						mu.Lock()
+						acked[k] = v
+						mu.Unlock()
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+	}
+	check := func(when string) {
+		t.Helper()
+		pairs, err := me.List(ctx, "")
+		if err != nil {
+			t.Fatalf("%s: List: %v", when, err)
+		}
+		got := map[string]string{}
+		for _, p := range pairs {
+			got[p.Key] = string(p.Value)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for k, v := range acked {
+			if got[k] != v {
+				t.Fatalf("%s: acknowledged %s=%s lost (have %q)", when, k, v, got[k])
+			}
+		}
+		t.Logf("%s: all %d acknowledged writes present", when, len(acked))
+	}
+
+	// kill -9 the leader in the middle of a burst, then restart it.
+	done := make(chan struct{})
+	go func() { burst("a", 60); close(done) }()
+	time.Sleep(200 * time.Millisecond)
+	leader := me.Stats().Leader
+	k := kids[leader]
+	if k == nil {
+		t.Fatalf("leader %q is not a child", leader)
+	}
+	k.kill()
+	<-done
+	kids[leader] = startChild(t, leader, k.dir, 3, []string{me.GossipAddr()})
+	check("after kill -9 of the leader")
+
+	// kill -9 every voter at once right after a burst, restart them all.
+	burst("b", 30)
+	for _, k := range kids {
+		k.kill()
+	}
+	for id, k := range kids {
+		kids[id] = startChild(t, id, k.dir, 3, []string{me.GossipAddr()})
+	}
+	check("after kill -9 of every voter")
+	if len(acked) < 100 {
+		t.Fatalf("only %d writes acknowledged", len(acked))
+	}
+}
