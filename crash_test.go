@@ -195,3 +195,79 @@ func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
 		t.Fatalf("only %d writes acknowledged", len(acked))
 	}
 }
+
+// A leader paused with SIGSTOP is replaced: linearizable reads and writes go
+// on through the new leader, and after SIGCONT the old one rejoins as a
+// follower without serving anything stale.
+func TestCrash_PausedLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	dir := t.TempDir()
+	kids := map[string]*child{}
+	var seeds []string
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("p%d", i)
+		k := startChild(t, id, filepath.Join(dir, id), 3, seeds)
+		kids[id] = k
+		seeds = append(seeds, k.gossip)
+	}
+	me, err := kv.Open(kv.Config{NodeID: "driver", InMemory: true, Join: seeds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer me.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := me.Set(ctx, "k", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	old := me.Stats().Leader
+	paused := kids[old]
+	if paused == nil {
+		t.Fatalf("leader %q is not a child", old)
+	}
+	if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			paused.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	// A write goes through once a new leader is elected; attempts that went
+	// to the paused leader end with their own deadline.
+	start := time.Now()
+	var werr error
+	for time.Since(start) < 30*time.Second {
+		wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
+		werr = me.Set(wctx, "k", []byte("during"))
+		wcancel()
+		if werr == nil {
+			break
+		}
+	}
+	if werr != nil {
+		t.Fatalf("no write succeeded while the leader was paused: %v", werr)
+	}
+	t.Logf("writes resumed %v after the pause", time.Since(start).Round(time.Millisecond))
+	if l := me.Stats().Leader; l == old {
+		t.Fatalf("paused %s still leads", old)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	v, err := me.Get(rctx, "k")
+	rcancel()
+	if err != nil || string(v) != "during" {
+		t.Fatalf("linearizable Get while the old leader is paused = %q, %v", v, err)
+	}
+	resume()
+	if err := me.Set(ctx, "k", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := me.Get(ctx, "k"); err != nil || string(v) != "after" {
+		t.Fatalf("Get after resume = %q, %v", v, err)
+	}
+}

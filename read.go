@@ -141,8 +141,16 @@ func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 	if !ok {
 		return 0, ErrNoLeader
 	}
-	body, err := s.pool.Call(ctx, addr, methodReadIndex, nil)
+	// A read index request is safe to repeat, so one attempt is bounded:
+	// a leader that stopped answering (paused, cut off) is given up on and
+	// the request goes to whoever leads by then.
+	actx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatTimeout+s.cfg.ElectionTimeout)
+	defer cancel()
+	body, err := s.pool.Call(actx, addr, methodReadIndex, nil)
 	if err != nil {
+		if ctx.Err() == nil && actx.Err() != nil {
+			return 0, fmt.Errorf("%w: leader %s did not answer in time", ErrNoLeader, addr)
+		}
 		err, _ = fromWire(err)
 		return 0, err
 	}
