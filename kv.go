@@ -53,6 +53,11 @@ type Store struct {
 	readyTerm atomic.Uint64
 	batch     *batcher
 
+	// leaderChanged is closed and replaced whenever this member's idea of
+	// the leader changes, so that calls waiting on a former leader give up.
+	leaderMu      sync.Mutex
+	leaderChanged chan struct{}
+
 	verifyMu      sync.Mutex
 	verifyNext    *verifyRound
 	verifyRunning bool
@@ -86,7 +91,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	logger = logger.With("node", cfg.NodeID)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{})}
+	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{})}
 	s.batch = newBatcher(s)
 	s.health = newHealth()
 	if err := s.open(); err != nil {
@@ -218,6 +223,26 @@ func (s *Store) open() error {
 		s.goRaft(s.bootstrapLoop)
 	}
 	s.goRaft(s.batch.run)
+	obs := make(chan raft.Observation, 64)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	s.raft.RegisterObserver(observer)
+	s.goFunc(func() {
+		defer s.raft.DeregisterObserver(observer)
+		for {
+			select {
+			case <-obs:
+				s.leaderMu.Lock()
+				close(s.leaderChanged)
+				s.leaderChanged = make(chan struct{})
+				s.leaderMu.Unlock()
+			case <-s.ctx.Done():
+				return
+			}
+		}
+	})
 	// Serve the port only now: RPC handlers use raft and the batcher.
 	s.goFunc(func() {
 		if err := s.mux.Serve(); err != nil {
@@ -418,6 +443,13 @@ func (s *Store) shutdown() error {
 		s.logger.Info("closed")
 	}
 	return errors.Join(errs...)
+}
+
+// leaderChange returns a channel closed at the next change of leader.
+func (s *Store) leaderChange() <-chan struct{} {
+	s.leaderMu.Lock()
+	defer s.leaderMu.Unlock()
+	return s.leaderChanged
 }
 
 func (s *Store) hasOtherVoter() bool {

@@ -123,18 +123,7 @@ func (s *Store) write(ctx context.Context, c *command) error {
 		if s.isClosed() {
 			return ErrClosed
 		}
-		var retry bool
-		if s.raft.State() == raft.Leader {
-			err = s.applyLocal(ctx, c.Ops)
-			retry = errors.Is(err, errNotLeader)
-		} else if addr, ok := s.leaderAddr(); ok {
-			_, err = s.pool.Call(ctx, addr, methodApply, cmd)
-			if err != nil {
-				err, retry = fromWire(err)
-			}
-		} else {
-			err, retry = ErrNoLeader, true
-		}
+		err, retry := s.writeOnce(ctx, c, cmd)
 		if err == nil || !retry {
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("kv: write: %w", err)
@@ -146,6 +135,33 @@ func (s *Store) write(ctx context.Context, c *command) error {
 			return s.giveUp(err, last)
 		}
 	}
+}
+
+// writeOnce makes one attempt: through this member's Raft if it leads, else
+// forwarded to the leader. retry says whether the attempt certainly had no
+// effect.
+func (s *Store) writeOnce(ctx context.Context, c *command, cmd []byte) (err error, retry bool) {
+	if s.raft.State() == raft.Leader {
+		err = s.applyLocal(ctx, c.Ops)
+		return err, errors.Is(err, errNotLeader)
+	}
+	// Give up on a leader that is replaced while we wait for its answer
+	// (paused, cut off): the outcome is unknown, but the caller hears of it
+	// now rather than when ctx ends.
+	abort := s.leaderChange()
+	addr, ok := s.leaderAddr()
+	if !ok {
+		return ErrNoLeader, true
+	}
+	select {
+	case <-abort: // changed under us: look again, nothing was sent
+		return ErrNoLeader, true
+	default:
+	}
+	if _, err = s.pool.CallAbort(ctx, abort, addr, methodApply, cmd); err != nil {
+		return fromWire(err)
+	}
+	return nil, false
 }
 
 // giveUp is the error of a call that ran out of time while retrying.

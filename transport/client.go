@@ -54,6 +54,12 @@ type clientConn struct {
 // remote error, if any, is returned as *Error. Errors wrapping ErrNotSent
 // mean the peer never saw the request.
 func (p *Pool) Call(ctx context.Context, addr string, method uint8, body []byte) ([]byte, error) {
+	return p.CallAbort(ctx, nil, addr, method, body)
+}
+
+// CallAbort is Call that also gives up, with an error wrapping ErrConnLost
+// (the peer may have acted on the request), when abort is closed.
+func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, addr string, method uint8, body []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
@@ -103,6 +109,9 @@ func (p *Pool) Call(ctx context.Context, addr string, method uint8, body []byte)
 	case <-ctx.Done():
 		cc.forget(req.Seq)
 		return nil, ctx.Err()
+	case <-abort:
+		cc.forget(req.Seq)
+		return nil, fmt.Errorf("%w: call to %s abandoned", ErrConnLost, addr)
 	}
 }
 
