@@ -167,7 +167,8 @@ func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 // index, and the entry at the index is one the state machines see.
 func (s *Store) readIndexLocal(ctx context.Context) (uint64, error) {
 	term := s.raft.CurrentTerm()
-	if s.raft.State() != raft.Leader {
+	if s.raft.State() != raft.Leader || s.leaving.Load() {
+		// A leaving leader is handing over: let the next one answer.
 		return 0, errNotLeader
 	}
 	if s.readyTerm.Load() != term {
