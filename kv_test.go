@@ -491,7 +491,9 @@ func TestCluster_RestartKeepsAcknowledgedWrites(t *testing.T) {
 		c.waitLeader()
 		check(fmt.Sprintf("after restarting n%d", i+1))
 	}
-	if len(acked) < 3*50*3 {
+	// A write in flight while its leader hands over may end with
+	// ErrLeadershipLost (outcome unknown); nearly all must succeed.
+	if len(acked) < 3*50*3*9/10 {
 		t.Fatalf("only %d writes acknowledged", len(acked))
 	}
 	// Restart all three (new ports each time): the cluster comes back from

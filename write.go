@@ -145,9 +145,10 @@ func (s *Store) writeOnce(ctx context.Context, c *command, cmd []byte) (err erro
 		err = s.applyLocal(ctx, c.Ops)
 		return err, errors.Is(err, errNotLeader)
 	}
-	// Give up on a leader that is replaced while we wait for its answer
-	// (paused, cut off): the outcome is unknown, but the caller hears of it
-	// now rather than when ctx ends.
+	// Give up on a leader that is replaced while we wait for its answer and
+	// stays silent for a heartbeat timeout more (paused, cut off): the
+	// outcome is unknown, but the caller hears of it now rather than when
+	// ctx ends. A leader that hands over gracefully still answers.
 	abort := s.leaderChange()
 	addr, ok := s.leaderAddr()
 	if !ok {
@@ -158,7 +159,7 @@ func (s *Store) writeOnce(ctx context.Context, c *command, cmd []byte) (err erro
 		return ErrNoLeader, true
 	default:
 	}
-	if _, err = s.pool.CallAbort(ctx, abort, addr, methodApply, cmd); err != nil {
+	if _, err = s.pool.CallAbort(ctx, abort, s.cfg.HeartbeatTimeout, addr, methodApply, cmd); err != nil {
 		return fromWire(err)
 	}
 	return nil, false

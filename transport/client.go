@@ -54,12 +54,13 @@ type clientConn struct {
 // remote error, if any, is returned as *Error. Errors wrapping ErrNotSent
 // mean the peer never saw the request.
 func (p *Pool) Call(ctx context.Context, addr string, method uint8, body []byte) ([]byte, error) {
-	return p.CallAbort(ctx, nil, addr, method, body)
+	return p.CallAbort(ctx, nil, 0, addr, method, body)
 }
 
 // CallAbort is Call that also gives up, with an error wrapping ErrConnLost
-// (the peer may have acted on the request), when abort is closed.
-func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, addr string, method uint8, body []byte) ([]byte, error) {
+// (the peer may have acted on the request), when no reply came within grace
+// after abort was closed.
+func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, grace time.Duration, addr string, method uint8, body []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
@@ -97,21 +98,29 @@ func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, addr string
 		cc.fail(err)
 		return nil, fmt.Errorf("%w: write to %s: %v", ErrConnLost, addr, err)
 	}
-	select {
-	case resp, ok := <-ch:
-		if !ok {
-			return nil, fmt.Errorf("%w: %s", ErrConnLost, addr)
+	var expired <-chan time.Time
+	for {
+		select {
+		case resp, ok := <-ch:
+			if !ok {
+				return nil, fmt.Errorf("%w: %s", ErrConnLost, addr)
+			}
+			if resp.Code != 0 {
+				return nil, &Error{Code: resp.Code, Msg: resp.Error}
+			}
+			return resp.Body, nil
+		case <-ctx.Done():
+			cc.forget(req.Seq)
+			return nil, ctx.Err()
+		case <-abort:
+			abort = nil
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			expired = t.C
+		case <-expired:
+			cc.forget(req.Seq)
+			return nil, fmt.Errorf("%w: call to %s abandoned", ErrConnLost, addr)
 		}
-		if resp.Code != 0 {
-			return nil, &Error{Code: resp.Code, Msg: resp.Error}
-		}
-		return resp.Body, nil
-	case <-ctx.Done():
-		cc.forget(req.Seq)
-		return nil, ctx.Err()
-	case <-abort:
-		cc.forget(req.Seq)
-		return nil, fmt.Errorf("%w: call to %s abandoned", ErrConnLost, addr)
 	}
 }
 
