@@ -33,39 +33,71 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// WriteSnapshot streams every pair of tx, in key order, to w in the snapshot
-// format, stamped with index. It holds one record in memory at a time.
-func WriteSnapshot(w io.Writer, index uint64, tx ReadTx) error {
+// snapWriter writes the snapshot format.
+type snapWriter struct {
+	w     io.Writer
+	crc   hash.Hash32
+	bw    *bufio.Writer
+	count uint64
+	buf   [1 + 2*binary.MaxVarintLen64]byte
+}
+
+func newSnapWriter(w io.Writer, index uint64) (*snapWriter, error) {
 	crc := crc32.New(castagnoli)
-	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 256<<10)
+	sw := &snapWriter{w: w, crc: crc, bw: bufio.NewWriterSize(io.MultiWriter(w, crc), 256<<10)}
 	var hdr [17]byte
 	copy(hdr[:], snapMagic)
 	hdr[8] = snapVersion
 	binary.BigEndian.PutUint64(hdr[9:], index)
-	if _, err := bw.Write(hdr[:]); err != nil {
+	_, err := sw.bw.Write(hdr[:])
+	return sw, err
+}
+
+func (sw *snapWriter) pair(k, v []byte) error {
+	sw.buf[0] = recPair
+	n := 1 + binary.PutUvarint(sw.buf[1:], uint64(len(k)))
+	if _, err := sw.bw.Write(sw.buf[:n]); err != nil {
 		return err
 	}
-	var count uint64
+	if _, err := sw.bw.Write(k); err != nil {
+		return err
+	}
+	n = binary.PutUvarint(sw.buf[:], uint64(len(v)))
+	if _, err := sw.bw.Write(sw.buf[:n]); err != nil {
+		return err
+	}
+	sw.count++
+	_, err := sw.bw.Write(v)
+	return err
+}
+
+func (sw *snapWriter) finish() error {
+	var tail [9]byte
+	tail[0] = recEnd
+	binary.BigEndian.PutUint64(tail[1:], sw.count)
+	if _, err := sw.bw.Write(tail[:]); err != nil {
+		return err
+	}
+	if err := sw.bw.Flush(); err != nil {
+		return err
+	}
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], sw.crc.Sum32())
+	_, err := sw.w.Write(sum[:])
+	return err
+}
+
+// WriteSnapshot streams every pair of tx, in key order, to w in the snapshot
+// format, stamped with index. It holds one record in memory at a time.
+func WriteSnapshot(w io.Writer, index uint64, tx ReadTx) error {
+	sw, err := newSnapWriter(w, index)
+	if err != nil {
+		return err
+	}
 	var werr error
-	var lenbuf [1 + 2*binary.MaxVarintLen64]byte
-	err := tx.Scan(nil, func(k, v []byte) bool {
-		lenbuf[0] = recPair
-		n := 1 + binary.PutUvarint(lenbuf[1:], uint64(len(k)))
-		if _, werr = bw.Write(lenbuf[:n]); werr != nil {
-			return false
-		}
-		if _, werr = bw.Write(k); werr != nil {
-			return false
-		}
-		n = binary.PutUvarint(lenbuf[:], uint64(len(v)))
-		if _, werr = bw.Write(lenbuf[:n]); werr != nil {
-			return false
-		}
-		if _, werr = bw.Write(v); werr != nil {
-			return false
-		}
-		count++
-		return true
+	err = tx.Scan(nil, func(k, v []byte) bool {
+		werr = sw.pair(k, v)
+		return werr == nil
 	})
 	if err == nil {
 		err = werr
@@ -73,19 +105,7 @@ func WriteSnapshot(w io.Writer, index uint64, tx ReadTx) error {
 	if err != nil {
 		return err
 	}
-	var tail [9]byte
-	tail[0] = recEnd
-	binary.BigEndian.PutUint64(tail[1:], count)
-	if _, err := bw.Write(tail[:]); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	var sum [4]byte
-	binary.BigEndian.PutUint32(sum[:], crc.Sum32())
-	_, err = w.Write(sum[:])
-	return err
+	return sw.finish()
 }
 
 // ReadSnapshot reads a stream written by WriteSnapshot. It calls begin with
@@ -209,4 +229,19 @@ func (c *crcReader) ReadByte() (byte, error) {
 		c.h.Write(c.b[:])
 	}
 	return b, err
+}
+
+// Reindex copies the snapshot stream r to w with its index replaced by
+// index, checking r as it goes; on a damaged r it returns an error wrapping
+// ErrCorruptSnapshot after w may have received part of the stream.
+func Reindex(r io.Reader, index uint64, w io.Writer) error {
+	var sw *snapWriter
+	err := ReadSnapshot(r, func(uint64) (err error) {
+		sw, err = newSnapWriter(w, index)
+		return err
+	}, func(k, v []byte) error { return sw.pair(k, v) })
+	if err != nil {
+		return err
+	}
+	return sw.finish()
 }
