@@ -33,8 +33,8 @@
 // Keys are non-empty strings of at most Config.MaxKeySize bytes, values at
 // most Config.MaxValueSize bytes. Errors are the exported sentinels
 // (ErrNotFound, ErrClosed, ErrNoLeader, ErrLeadershipLost, ErrEmptyKey,
-// ErrKeyTooLarge, ErrValueTooLarge, ErrInvalidConfig), wrapped with detail:
-// compare them with errors.Is.
+// ErrKeyTooLarge, ErrValueTooLarge, ErrInvalidConfig, ErrWrongCluster),
+// wrapped with detail: compare them with errors.Is.
 //
 // # Consistency
 //
@@ -62,7 +62,8 @@
 // DataDir: raft.db (the Raft log and term, checksummed records in bbolt),
 // data.db (the key-value data in bbolt, with the index it reflects stored in
 // the same transactions) and snapshots/ (Raft snapshots, which compact the
-// log). On restart an instance reads its data file as it is, replays only
+// log). Backup writes a consistent, checksummed copy of the data from any
+// instance; Restore, on the leader, installs such a copy on every member. On restart an instance reads its data file as it is, replays only
 // the log entries after it, and rejoins. InMemory keeps all of this in memory;
 // nothing survives Close.
 //
