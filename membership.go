@@ -353,6 +353,7 @@ func (s *Store) Leave(ctx context.Context) error {
 	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}
+	announced := time.Now()
 	s.logger.Info("leaving the cluster")
 	if s.raft.State() == raft.Leader && s.hasOtherVoter() {
 		if err := s.raft.LeadershipTransfer().Error(); err != nil {
@@ -370,6 +371,15 @@ func (s *Store) Leave(ctx context.Context) error {
 			s.leaving.Store(false)
 			s.gossip.SetMeta(s.meta(true))
 			return s.giveUp(err, last)
+		}
+	}
+	// Gossip is unordered: give the "leaving" metadata a moment to reach
+	// everyone before the leave itself, so that they report "left", not
+	// "dead".
+	if wait := time.Second - time.Since(announced); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
 		}
 	}
 	if err := s.gossip.Leave(s.meta(true), 5*time.Second); err != nil {
