@@ -97,10 +97,10 @@ func (c *child) kill() {
 	}
 }
 
-// Every acknowledged write survives kill -9 of the leader during a write
-// burst, and then kill -9 of every voter at once: acknowledged means on disk
-// on a majority.
-func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
+// childCluster starts three voters as child processes and opens this
+// process as a non-voting member (MaxVoters 3) that drives the test.
+func childCluster(t *testing.T, prefix string) (map[string]*child, *kv.Store) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts child processes")
 	}
@@ -108,17 +108,24 @@ func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
 	kids := map[string]*child{}
 	var seeds []string
 	for i := 1; i <= 3; i++ {
-		id := fmt.Sprintf("c%d", i)
+		id := fmt.Sprintf("%s%d", prefix, i)
 		k := startChild(t, id, filepath.Join(dir, id), 3, seeds)
 		kids[id] = k
 		seeds = append(seeds, k.gossip)
 	}
-	// This process joins as a non-voter (MaxVoters 3) and drives the load.
 	me, err := kv.Open(kv.Config{NodeID: "driver", InMemory: true, Join: seeds})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer me.Close()
+	t.Cleanup(func() { me.Close() })
+	return kids, me
+}
+
+// Every acknowledged write survives kill -9 of the leader during a write
+// burst, and then kill -9 of every voter at once: acknowledged means on disk
+// on a majority.
+func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
+	kids, me := childCluster(t, "c")
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	if err := me.Set(ctx, "hello", []byte("world")); err != nil {
@@ -200,23 +207,7 @@ func TestCrash_KillNineKeepsAcknowledgedWrites(t *testing.T) {
 // on through the new leader, and after SIGCONT the old one rejoins as a
 // follower without serving anything stale.
 func TestCrash_PausedLeader(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
-	}
-	dir := t.TempDir()
-	kids := map[string]*child{}
-	var seeds []string
-	for i := 1; i <= 3; i++ {
-		id := fmt.Sprintf("p%d", i)
-		k := startChild(t, id, filepath.Join(dir, id), 3, seeds)
-		kids[id] = k
-		seeds = append(seeds, k.gossip)
-	}
-	me, err := kv.Open(kv.Config{NodeID: "driver", InMemory: true, Join: seeds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer me.Close()
+	kids, me := childCluster(t, "p")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := me.Set(ctx, "k", []byte("before")); err != nil {
