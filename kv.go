@@ -421,6 +421,12 @@ func (s *Store) shutdown() error {
 	}
 	if s.trans != nil {
 		s.trans.Close()
+		// Raft's connection handlers outlive its Shutdown for a moment and
+		// may still write its stable store: let them end before the stores
+		// close.
+		if !s.mux.Raft().WaitInbound(10 * time.Second) {
+			s.logger.Warn("raft connection handlers still running after 10 s")
+		}
 	}
 	if s.pool != nil {
 		s.pool.Close()

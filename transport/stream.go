@@ -19,9 +19,10 @@ type StreamLayer struct {
 	once   sync.Once
 	closed chan struct{}
 
-	mu    sync.Mutex
-	conns map[*streamConn]struct{}
-	shut  bool
+	mu      sync.Mutex
+	conns   map[*streamConn]struct{}
+	shut    bool
+	inbound sync.WaitGroup // accepted connections their owner has not closed yet
 }
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
@@ -30,11 +31,12 @@ func newStreamLayer(m *Mux) *StreamLayer {
 	return &StreamLayer{m: m, ch: make(chan net.Conn), closed: make(chan struct{}), conns: map[*streamConn]struct{}{}}
 }
 
-// streamConn removes itself from the layer's set when closed.
+// streamConn removes itself from the layer's set when its owner closes it.
 type streamConn struct {
 	net.Conn
-	s    *StreamLayer
-	once sync.Once
+	s       *StreamLayer
+	once    sync.Once
+	inbound bool
 }
 
 func (c *streamConn) Close() error {
@@ -42,20 +44,46 @@ func (c *streamConn) Close() error {
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
+		if c.inbound {
+			c.s.inbound.Done()
+		}
 	})
 	return c.Conn.Close()
 }
 
-func (s *StreamLayer) track(c net.Conn) (net.Conn, bool) {
+func (s *StreamLayer) track(c net.Conn, inbound bool) (net.Conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shut {
 		c.Close()
 		return nil, false
 	}
-	sc := &streamConn{Conn: c, s: s}
+	sc := &streamConn{Conn: c, s: s, inbound: inbound}
 	s.conns[sc] = struct{}{}
+	if inbound {
+		s.inbound.Add(1)
+	}
 	return sc, true
+}
+
+// WaitInbound waits, for at most timeout, until the owner of every accepted
+// connection has closed it. hashicorp/raft's NetworkTransport closes an
+// inbound connection when its handler goroutine ends, and does not wait for
+// those goroutines itself; a handler may still be writing raft's stable
+// store (a heartbeat's term) just after Close. Call it after closing the
+// transport and before closing raft's stores. It reports whether all closed.
+func (s *StreamLayer) WaitInbound(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { // ends when the last handler closes its connection
+		s.inbound.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }
 
 // handoff passes an inbound connection to Accept, or closes it when the layer
@@ -73,7 +101,7 @@ func (s *StreamLayer) Accept() (net.Conn, error) {
 	for {
 		select {
 		case c := <-s.ch:
-			if tc, ok := s.track(c); ok {
+			if tc, ok := s.track(c, true); ok {
 				return tc, nil
 			}
 		case <-s.closed:
@@ -112,7 +140,7 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	tc, ok := s.track(c)
+	tc, ok := s.track(c, false)
 	if !ok {
 		return nil, net.ErrClosed
 	}
