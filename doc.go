@@ -96,8 +96,9 @@
 // # Caveats
 //
 //   - BootstrapExpect must be the same on the instances that form the
-//     cluster. Starting more instances than BootstrapExpect at the same time
-//     bootstraps the lowest NodeIDs and lets the others join.
+//     cluster. If more instances than BootstrapExpect expect to bootstrap at
+//     the same time, none does (they could see different subsets and form
+//     two clusters): start exactly BootstrapExpect of them, then the rest.
 //   - A write that fails with ErrLeadershipLost or a context error may have
 //     been applied.
 //   - memberlist does not expose suspicion: Members reports a member alive
