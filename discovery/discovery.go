@@ -265,7 +265,7 @@ func (p *Pool) Members() []Member {
 	p.mu.Lock()
 	best := map[string]entry{}
 	for _, e := range p.members {
-		if b, ok := best[e.ID]; !ok || e.Status < b.Status || e.Status == b.Status && e.seq > b.seq {
+		if b, ok := best[e.ID]; !ok || e.better(&b) {
 			best[e.ID] = *e
 		}
 	}
@@ -279,13 +279,27 @@ func (p *Pool) Members() []Member {
 }
 
 // Lookup returns the best known incarnation of id.
+// It is on Raft's dialling path (every RPC resolves its peer through it), so
+// it scans without building the whole list.
 func (p *Pool) Lookup(id string) (Member, bool) {
-	for _, m := range p.Members() {
-		if m.ID == id {
-			return m, true
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var best *entry
+	for _, e := range p.members {
+		if e.ID == id && (best == nil || e.better(best)) {
+			best = e
 		}
 	}
-	return Member{}, false
+	if best == nil {
+		return Member{}, false
+	}
+	return best.Member, true
+}
+
+// better says whether e is a better incarnation to report than b: alive
+// before left before dead, then the latest to join.
+func (e *entry) better(b *entry) bool {
+	return e.Status < b.Status || e.Status == b.Status && e.seq > b.seq
 }
 
 // Leave tells the pool this member leaves for good, waiting up to timeout for
