@@ -252,11 +252,23 @@ func TestMembership_Grow3To7AndShrinkWithLeave(t *testing.T) {
 	c.waitConfig(rest, nil, 20*time.Second)
 	acked := w.finish(t, 20)
 	c.checkAll(t, acked)
-	// Members that left are reported as left by the others.
-	for _, m := range c.nodes[c.waitLeader()].Members() {
-		if m.Suffrage == kv.SuffrageNone && fmt.Sprint(m.Status) != "left" {
-			t.Errorf("departed member %s reported %v", m.ID, m.Status)
+	// Members that left are reported as left by the others, once the
+	// gossip leave has reached them.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		var wrong []string
+		for _, m := range c.nodes[c.waitLeader()].Members() {
+			if m.Suffrage == kv.SuffrageNone && fmt.Sprint(m.Status) != "left" {
+				wrong = append(wrong, fmt.Sprintf("%s reported %v", m.ID, m.Status))
+			}
 		}
+		if len(wrong) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("departed members: %v", wrong)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
