@@ -63,9 +63,18 @@
 // data.db (the key-value data in bbolt, with the index it reflects stored in
 // the same transactions) and snapshots/ (Raft snapshots, which compact the
 // log). Backup writes a consistent, checksummed copy of the data from any
-// instance; Restore, on the leader, installs such a copy on every member. On restart an instance reads its data file as it is, replays only
-// the log entries after it, and rejoins. InMemory keeps all of this in memory;
+// instance; Restore, on the leader, installs such a copy on every member. On
+// restart an instance reads its data file as it is, replays only the log
+// entries after it, and rejoins. InMemory keeps all of this in memory;
 // nothing survives Close.
+//
+// Damaged files are detected, never served: log records and data records
+// carry a CRC-32C, snapshots a CRC-32C and raft's CRC-64. Open of a damaged
+// DataDir, and a read of a damaged record, fail with an error wrapping
+// ErrCorrupt that names the file. Rebuild repairs such a member from the
+// others: it moves the files aside, has the leader drop the member from the
+// configuration, and the next Open rejoins it empty, to be caught up and
+// promoted like a new member.
 //
 // # Membership
 //

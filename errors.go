@@ -1,6 +1,10 @@
 package kv
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/cohortkv/kv/storage"
+)
 
 // Errors returned by a Store. Compare with errors.Is: returned errors often
 // wrap them with detail.
@@ -20,6 +24,12 @@ var (
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")
+	// ErrCorrupt is wrapped by errors that report damaged files in DataDir:
+	// a data file record or page, a Raft log record or a snapshot that fails
+	// its checksum or cannot be read. The error names the file. Open returns
+	// it for a damaged DataDir; reads return it for a damaged record. Such a
+	// member is repaired with Rebuild, never silently.
+	ErrCorrupt = storage.ErrCorrupt
 )
 
 // Errors for bad input. Nothing is written when a call returns one of them.

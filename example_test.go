@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"time"
 
 	kv "github.com/cohortkv/kv"
@@ -202,4 +203,31 @@ func ExampleStore_Delete() {
 	// Output:
 	// after Delete: true
 	// Delete again: <nil>
+}
+
+// A member whose DataDir is damaged is rebuilt from the others: Rebuild
+// moves its files aside and has the leader drop it from the configuration;
+// the next Open rejoins it empty and the leader catches it up.
+func ExampleRebuild() {
+	cfg := kv.Config{
+		NodeID:         "node3",
+		DataDir:        "/var/lib/myservice/kv",
+		BindAddr:       "127.0.0.1:7003",
+		GossipBindAddr: "127.0.0.1:7103",
+		Join:           []string{"127.0.0.1:7101", "127.0.0.1:7102"},
+	}
+	s, err := kv.Open(cfg)
+	if errors.Is(err, kv.ErrCorrupt) {
+		log.Printf("damaged DataDir, rebuilding from the cluster: %v", err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := kv.Rebuild(ctx, cfg); err != nil {
+			log.Fatalf("rebuild: %v", err)
+		}
+		s, err = kv.Open(cfg)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
 }

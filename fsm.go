@@ -191,7 +191,11 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		if err == nil {
 			break
 		}
-		f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
+		if errors.Is(err, storage.ErrCorrupt) {
+			f.logger.Error("applying committed entries failed: the data file is damaged; this member cannot go on until it is rebuilt (see kv.Rebuild)", "index", last, "error", err, "retry_in", delay)
+		} else {
+			f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
+		}
 		select {
 		case <-f.stop:
 			f.abandoned.Store(true)

@@ -117,6 +117,9 @@ func (s *Store) open() error {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return fmt.Errorf("kv: data dir: %w", err)
 		}
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, rebuildMarker)); err == nil {
+			return fmt.Errorf("kv: DataDir %s holds an unfinished Rebuild: run Rebuild again with this Config before Open", cfg.DataDir)
+		}
 		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), storage.BoltOptions{})
 		if err != nil {
 			return err
@@ -136,6 +139,9 @@ func (s *Store) open() error {
 			return fmt.Errorf("kv: snapshot store: %w", err)
 		}
 		if err := s.catchUpFromSnapshot(); err != nil {
+			return err
+		}
+		if err := s.verifyLogTail(); err != nil {
 			return err
 		}
 	}
@@ -311,6 +317,10 @@ func (s *Store) catchUpFromSnapshot() error {
 	// (NoSnapshotRestoreOnStart), so only that snapshot can fill the gap.
 	m := metas[0]
 	_, rc, err := s.snaps.Open(m.ID)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// raft's snapshot store checks the file's CRC-64 as it opens it.
+		err = fmt.Errorf("%w snapshot %s: %v", storage.ErrCorrupt, filepath.Join(s.cfg.DataDir, "snapshots", m.ID), err)
+	}
 	if err == nil {
 		err = s.eng.Restore(rc)
 		rc.Close()
@@ -320,6 +330,21 @@ func (s *Store) catchUpFromSnapshot() error {
 	}
 	s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
 	return nil
+}
+
+// verifyLogTail checks the log entries raft reads as it starts (those after
+// the newest snapshot): raft panics on one it cannot read, and a damaged
+// entry must fail Open with an error naming the file instead.
+func (s *Store) verifyLogTail() error {
+	var from uint64 = 1
+	metas, err := s.snaps.List()
+	if err != nil {
+		return fmt.Errorf("kv: list snapshots: %w", err)
+	}
+	if len(metas) > 0 {
+		from = metas[0].Index + 1
+	}
+	return s.logs.Verify(from)
 }
 
 // goFunc runs f in a goroutine that Close waits for. It returns false, and

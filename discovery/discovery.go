@@ -286,6 +286,9 @@ func (p *Pool) Lookup(id string) (Member, bool) {
 	defer p.mu.Unlock()
 	var best *entry
 	for _, e := range p.members {
+		if e.ID == id && e.Name == p.name {
+			return e.Member, true // this member knows itself best
+		}
 		if e.ID == id && (best == nil || e.better(best)) {
 			best = e
 		}

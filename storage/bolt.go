@@ -2,7 +2,9 @@ package storage
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,7 +19,21 @@ var (
 	bucketData = []byte("kv")
 	bucketMeta = []byte("meta")
 	keyApplied = []byte("applied")
+	keyFormat  = []byte("format")
 )
+
+// boltFormat is the data file's format, kept under keyFormat: 2 stores each
+// value followed by a CRC-32C of its key and value (bbolt checksums only its
+// meta pages, so a damaged data page would otherwise read back as a wrong
+// value).
+const boltFormat = 2
+
+// recordCRCSize is the size of the checksum after each stored value.
+const recordCRCSize = 4
+
+func recordCRC(key, value []byte) uint32 {
+	return crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, value)
+}
 
 // BoltOptions tune a Bolt engine. The zero value is durable.
 type BoltOptions struct {
@@ -31,7 +47,11 @@ type BoltOptions struct {
 }
 
 // Bolt is an Engine on one bbolt file: data larger than memory, with the
-// applied index stored in the same transactions as the data.
+// applied index stored in the same transactions as the data. Every value is
+// stored with a CRC-32C of its key and value, checked on every read: a
+// damaged record fails the read with an error wrapping ErrCorruptData that
+// names the file and the key, and a panic of bbolt on a damaged page is
+// turned into such an error too.
 type Bolt struct {
 	path string
 	opts BoltOptions
@@ -65,31 +85,61 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 }
 
 func (e *Bolt) open(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := openDB(path, "data file", &bolt.Options{
 		Timeout:         time.Second,
 		NoSync:          e.opts.NoSync,
-		NoFreelistSync:  true,
+		NoFreelistSync:  false,
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: e.opts.InitialMmapSize,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("storage: open data file %s: %w", path, err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketData); err != nil {
-			return err
-		}
-		_, err := tx.CreateBucketIfNotExists(bucketMeta)
-		return err
-	})
+	err = guard(path, "data file", func() error { return db.Update(initDataFile) })
 	if err != nil {
 		db.Close()
+		if errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("storage: init data file %s: %w", path, err)
 	}
 	return db, nil
 }
 
+// initDataFile creates the buckets of a new data file and checks the format
+// of an existing one.
+func initDataFile(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		if tx.Bucket(bucketData) != nil {
+			return fmt.Errorf("%w: data bucket without meta bucket", ErrCorruptData)
+		}
+		var err error
+		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketData); err != nil {
+			return err
+		}
+		return meta.Put(keyFormat, []byte{boltFormat})
+	}
+	if tx.Bucket(bucketData) == nil {
+		return fmt.Errorf("%w: meta bucket without data bucket", ErrCorruptData)
+	}
+	switch f := meta.Get(keyFormat); {
+	case len(f) != 1:
+		return fmt.Errorf("%w: format marker of %d bytes", ErrCorruptData, len(f))
+	case f[0] != boltFormat:
+		return fmt.Errorf("storage: data file format %d, this version reads format %d", f[0], boltFormat)
+	}
+	return nil
+}
+
 func (e *Bolt) loadApplied() error {
+	return e.guard(func() error { return e.loadAppliedTx() })
+}
+
+func (e *Bolt) loadAppliedTx() error {
 	return e.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketMeta).Get(keyApplied)
 		switch len(v) {
@@ -98,7 +148,7 @@ func (e *Bolt) loadApplied() error {
 		case 8:
 			e.applied.Store(binary.BigEndian.Uint64(v))
 		default:
-			return fmt.Errorf("storage: data file %s: applied index of %d bytes", e.path, len(v))
+			return fmt.Errorf("%w %s: applied index of %d bytes", ErrCorruptData, e.path, len(v))
 		}
 		return nil
 	})
@@ -117,15 +167,25 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 	if e.closed {
 		return ErrClosed
 	}
-	err := e.db.Update(func(tx *bolt.Tx) error {
-		if err := fn(boltTx{b: tx.Bucket(bucketData)}); err != nil {
-			return err
-		}
-		var buf [8]byte
-		binary.BigEndian.PutUint64(buf[:], index)
-		return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
+	err := e.guard(func() error {
+		return e.db.Update(func(tx *bolt.Tx) error {
+			btx := e.tx(tx)
+			err := fn(btx)
+			if *btx.err != nil {
+				return *btx.err // a damaged record was read: keep nothing
+			}
+			if err != nil {
+				return err
+			}
+			var buf [8]byte
+			binary.BigEndian.PutUint64(buf[:], index)
+			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
+		})
 	})
 	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		}
 		return fmt.Errorf("storage: write %s: %w", e.path, err)
 	}
 	e.applied.Store(index)
@@ -139,9 +199,26 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 	if e.closed {
 		return ErrClosed
 	}
-	return e.db.View(func(tx *bolt.Tx) error {
-		return fn(boltTx{b: tx.Bucket(bucketData)})
+	return e.guard(func() error {
+		return e.db.View(func(tx *bolt.Tx) error {
+			btx := e.tx(tx)
+			err := fn(btx)
+			if *btx.err != nil {
+				return *btx.err
+			}
+			return err
+		})
 	})
+}
+
+// tx wraps a bbolt transaction as a ReadTx/WriteTx of this file.
+func (e *Bolt) tx(tx *bolt.Tx) boltTx {
+	return boltTx{b: tx.Bucket(bucketData), path: e.path, err: new(error)}
+}
+
+// guard runs fn, turning a bbolt panic on a damaged page into an error.
+func (e *Bolt) guard(fn func() error) error {
+	return guard(e.path, "data file", fn)
 }
 
 // Snapshot implements Engine. The view is a bbolt read transaction.
@@ -156,10 +233,17 @@ func (e *Bolt) Snapshot() (Snapshot, error) {
 		return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
 	}
 	var idx uint64
-	if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) == 8 {
-		idx = binary.BigEndian.Uint64(v)
+	err = e.guard(func() error {
+		if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) == 8 {
+			idx = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	if err != nil {
+		tx.Rollback()
+		return nil, err
 	}
-	return &boltSnap{boltTx: boltTx{b: tx.Bucket(bucketData)}, tx: tx, index: idx}, nil
+	return &boltSnap{boltTx: e.tx(tx), tx: tx, index: idx}, nil
 }
 
 // Restore implements Engine. The stream is written into a new file next to
@@ -167,7 +251,7 @@ func (e *Bolt) Snapshot() (Snapshot, error) {
 func (e *Bolt) Restore(r io.Reader) error {
 	tmp := e.path + ".restore"
 	_ = os.Remove(tmp)
-	ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return fmt.Errorf("storage: restore %s: %w", tmp, err)
 	}
@@ -196,11 +280,10 @@ func (e *Bolt) Restore(r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		if _, err = tx.CreateBucketIfNotExists(bucketData); err != nil {
-			return err
+		if tx.Bucket(bucketMeta) != nil {
+			return nil
 		}
-		_, err = tx.CreateBucketIfNotExists(bucketMeta)
-		return err
+		return initDataFile(tx)
 	}
 	err = ReadSnapshot(r, func(i uint64) error {
 		index = i
@@ -210,7 +293,8 @@ func (e *Bolt) Restore(r io.Reader) error {
 			return nil
 		}
 		// bbolt keeps the slices until commit; ReadSnapshot reuses them.
-		k, v = append([]byte(nil), k...), append([]byte(nil), v...)
+		k = append([]byte(nil), k...)
+		v = binary.BigEndian.AppendUint32(append(make([]byte, 0, len(v)+recordCRCSize), v...), recordCRC(k, v))
 		if putErr = tx.Bucket(bucketData).Put(k, v); putErr != nil {
 			return nil
 		}
@@ -308,34 +392,84 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-type boltTx struct{ b *bolt.Bucket }
+// boltTx is a transaction on the data bucket. err records the first damaged
+// record read through it; View and Update return it, whatever fn returned.
+type boltTx struct {
+	b    *bolt.Bucket
+	path string
+	err  *error
+}
+
+// check strips and verifies the checksum of a stored value.
+func (t boltTx) check(key, stored []byte) ([]byte, error) {
+	n := len(stored) - recordCRCSize
+	if n < 0 {
+		return nil, fmt.Errorf("%w %s: key %q: record of %d bytes", ErrCorruptData, t.path, clip(key), len(stored))
+	}
+	v := stored[:n:n]
+	if got, want := binary.BigEndian.Uint32(stored[n:]), recordCRC(key, v); got != want {
+		return nil, fmt.Errorf("%w %s: key %q: checksum %08x, want %08x", ErrCorruptData, t.path, clip(key), got, want)
+	}
+	return v, nil
+}
+
+func (t boltTx) fail(err error) {
+	if *t.err == nil {
+		*t.err = err
+	}
+}
 
 func (t boltTx) Get(key []byte) ([]byte, bool) {
-	v := t.b.Get(key)
-	return v, v != nil
+	stored := t.b.Get(key)
+	if stored == nil {
+		return nil, false
+	}
+	v, err := t.check(key, stored)
+	if err != nil {
+		t.fail(err)
+		return nil, false
+	}
+	return v, true
 }
 
 func (t boltTx) Scan(from []byte, fn func(k, v []byte) bool) error {
-	c := t.b.Cursor()
-	var k, v []byte
-	if from == nil {
-		k, v = c.First()
-	} else {
-		k, v = c.Seek(from)
-	}
-	for ; k != nil; k, v = c.Next() {
-		if !fn(k, v) {
-			break
+	return guard(t.path, "data file", func() error {
+		c := t.b.Cursor()
+		var k, stored []byte
+		if from == nil {
+			k, stored = c.First()
+		} else {
+			k, stored = c.Seek(from)
 		}
-	}
-	return nil
+		for ; k != nil; k, stored = c.Next() {
+			v, err := t.check(k, stored)
+			if err != nil {
+				t.fail(err)
+				return err
+			}
+			if !fn(k, v) {
+				break
+			}
+		}
+		return nil
+	})
 }
 
+// Put stores value followed by its checksum. The stored slice is a copy, so
+// the caller's value is not kept.
 func (t boltTx) Put(key, value []byte) error {
-	if value == nil {
-		value = []byte{} // bbolt reads a nil value back as absent within the transaction
+	stored := make([]byte, len(value)+recordCRCSize)
+	copy(stored, value)
+	binary.BigEndian.PutUint32(stored[len(value):], recordCRC(key, value))
+	return t.b.Put(key, stored)
+}
+
+// clip shortens a key for an error message.
+func clip(key []byte) []byte {
+	if len(key) > 64 {
+		return key[:64]
 	}
-	return t.b.Put(key, value)
+	return key
 }
 
 func (t boltTx) Delete(key []byte) error { return t.b.Delete(key) }

@@ -10,6 +10,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"io"
 )
 
@@ -73,6 +74,15 @@ type Snapshot interface {
 var (
 	// ErrClosed is returned by an Engine after Close.
 	ErrClosed = errors.New("storage: engine closed")
-	// ErrCorruptSnapshot is returned when a snapshot stream fails its checks.
-	ErrCorruptSnapshot = errors.New("storage: corrupt snapshot")
+	// ErrCorrupt is wrapped by every error that reports damaged stored
+	// bytes: a data file, a log record or a snapshot that fails its checks.
+	// The error's text names the file (and the key or index when known).
+	ErrCorrupt = errors.New("storage: damaged")
+	// ErrCorruptSnapshot is returned when a snapshot stream fails its
+	// checks. It wraps ErrCorrupt.
+	ErrCorruptSnapshot = fmt.Errorf("%w snapshot", ErrCorrupt)
+	// ErrCorruptData is returned when the data file fails its checks: a
+	// record whose checksum does not match, or a file bbolt cannot read. It
+	// wraps ErrCorrupt.
+	ErrCorruptData = fmt.Errorf("%w data file", ErrCorrupt)
 )

@@ -53,8 +53,8 @@ var logCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
 // ErrCorruptLog reports a log record that failed its checksum or could not
 // be decoded. Errors returned by GetLog wrap it together with the index;
-// test for it with errors.Is.
-var ErrCorruptLog = errors.New("storage: corrupt log record")
+// test for it with errors.Is. It wraps ErrCorrupt.
+var ErrCorruptLog = fmt.Errorf("%w log record", ErrCorrupt)
 
 // ErrStableKeyNotFound is returned, unwrapped, by Get and GetUint64 for a
 // key that was never set. Its text is exactly "not found" because hashicorp/raft
@@ -96,23 +96,25 @@ var (
 // its buckets exist. If another LogStore holds the file, it fails after about
 // one second instead of blocking.
 func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := openDB(path, "raft log", &bolt.Options{
 		Timeout:         logStoreOpenTimeout,
-		NoFreelistSync:  true,
+		NoFreelistSync:  false,
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: logStoreMmapSize,
 		NoSync:          opts.NoSync,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("storage: open log store %s (is it already open?): %w", path, err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{logStoreBucketLogs, logStoreBucketConf} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("create bucket %q: %w", name, err)
+	err = guard(path, "raft log", func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			for _, name := range [][]byte{logStoreBucketLogs, logStoreBucketConf} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return fmt.Errorf("create bucket %q: %w", name, err)
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		_ = db.Close()
@@ -136,6 +138,16 @@ func (s *LogStore) Close() error {
 	return nil
 }
 
+// view and update run bbolt transactions, turning a panic on a damaged
+// page into an error that wraps ErrCorrupt and names the file.
+func (s *LogStore) view(fn func(*bolt.Tx) error) error {
+	return guard(s.path, "raft log", func() error { return s.db.View(fn) })
+}
+
+func (s *LogStore) update(fn func(*bolt.Tx) error) error {
+	return guard(s.path, "raft log", func() error { return s.db.Update(fn) })
+}
+
 // Path returns the path of the bbolt file.
 func (s *LogStore) Path() string { return s.path }
 
@@ -151,7 +163,7 @@ func (s *LogStore) LastIndex() (uint64, error) {
 
 func (s *LogStore) edgeIndex(first bool) (uint64, error) {
 	var idx uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(logStoreBucketLogs).Cursor()
 		var k []byte
 		if first {
@@ -169,8 +181,8 @@ func (s *LogStore) edgeIndex(first bool) (uint64, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrCorruptLog) {
-			return 0, err
+		if errors.Is(err, ErrCorrupt) {
+			return 0, fmt.Errorf("%w (in %s)", err, s.path)
 		}
 		which := "last"
 		if first {
@@ -181,6 +193,39 @@ func (s *LogStore) edgeIndex(first bool) (uint64, error) {
 	return idx, nil
 }
 
+// Verify reads every entry from index from to the last one and checks that
+// each decodes, passes its checksum and follows the one before. It returns
+// an error wrapping ErrCorruptLog that names the file and the index of the
+// first bad entry. hashicorp/raft panics on a log entry it cannot read while
+// it starts, so the entries it will read are checked before it starts.
+func (s *LogStore) Verify(from uint64) error {
+	var start [8]byte
+	binary.BigEndian.PutUint64(start[:], from)
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(logStoreBucketLogs).Cursor()
+		var l raft.Log
+		want := uint64(0)
+		for k, v := c.Seek(start[:]); k != nil; k, v = c.Next() {
+			if len(k) != 8 {
+				return fmt.Errorf("%w: log key %x is %d bytes, want 8", ErrCorruptLog, k, len(k))
+			}
+			idx := binary.BigEndian.Uint64(k)
+			if want != 0 && idx != want {
+				return fmt.Errorf("%w at index %d: the log jumps to %d", ErrCorruptLog, want, idx)
+			}
+			if err := decodeLog(idx, v, &l); err != nil {
+				return err
+			}
+			want = idx + 1
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (in %s)", err, s.path)
+	}
+	return nil
+}
+
 // GetLog reads the log at index into log. It returns raft.ErrLogNotFound
 // (unwrapped, as raft compares it with ==) if there is no such entry, and an
 // error wrapping ErrCorruptLog if the stored record is damaged.
@@ -188,7 +233,7 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 	var key [8]byte
 	binary.BigEndian.PutUint64(key[:], index)
 	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(logStoreBucketLogs).Get(key[:])
 		if v == nil {
 			return nil
@@ -198,8 +243,8 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 		return decodeLog(index, v, log)
 	})
 	if err != nil {
-		if errors.Is(err, ErrCorruptLog) {
-			return err // already "storage: ..." and names the index
+		if errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("%w (in %s)", err, s.path)
 		}
 		return fmt.Errorf("storage: get log %d: %w", index, err)
 	}
@@ -232,7 +277,7 @@ func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 	}
 	buf := s.wbuf[:0]
 
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(logStoreBucketLogs)
 		for _, l := range logs {
 			start := len(buf)
@@ -265,7 +310,7 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 	var minKey, maxKey [8]byte
 	binary.BigEndian.PutUint64(minKey[:], min)
 	binary.BigEndian.PutUint64(maxKey[:], max)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(logStoreBucketLogs).Cursor()
 		cur := make([]byte, 0, 8)
 		for k, _ := c.Seek(minKey[:]); k != nil && bytes.Compare(k, maxKey[:]) <= 0; {
@@ -288,7 +333,7 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 
 // Set durably stores val under key in the stable store.
 func (s *LogStore) Set(key []byte, val []byte) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(logStoreBucketConf).Put(key, val)
 	})
 	if err != nil {
@@ -302,7 +347,7 @@ func (s *LogStore) Set(key []byte, val []byte) error {
 func (s *LogStore) Get(key []byte) ([]byte, error) {
 	var val []byte
 	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(logStoreBucketConf).Get(key)
 		if v == nil {
 			return nil
@@ -332,7 +377,7 @@ func (s *LogStore) SetUint64(key []byte, val uint64) error {
 func (s *LogStore) GetUint64(key []byte) (uint64, error) {
 	var val uint64
 	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(logStoreBucketConf).Get(key)
 		if v == nil {
 			return nil
