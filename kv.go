@@ -10,13 +10,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
 	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/hooks"
 	"github.com/cohortkv/kv/internal/logging"
 	"github.com/cohortkv/kv/storage"
 	"github.com/cohortkv/kv/transport"
@@ -75,6 +78,19 @@ type Store struct {
 	rwg       sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+	// abrupt makes shutdown behave like a crash (kvtest's Kill).
+	abrupt atomic.Bool
+}
+
+func init() {
+	hooks.Crash = func(store any) error {
+		s, ok := store.(*Store)
+		if !ok {
+			return fmt.Errorf("kv: crash of a %T", store)
+		}
+		s.abrupt.Store(true)
+		return s.Close()
+	}
 }
 
 // Open starts an instance: it opens DataDir, listens on BindAddr, joins the
@@ -205,13 +221,21 @@ func (s *Store) open() error {
 		return fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
 	// Gossip, before Raft: Raft resolves peer addresses through it.
+	gossipTransport, err := s.gossipTransport()
+	if err != nil {
+		return err
+	}
 	s.gossip, err = discovery.Start(discovery.Config{
 		Meta:          s.meta(hasState),
 		BindAddr:      cfg.GossipBindAddr,
 		AdvertiseAddr: cfg.GossipAdvertiseAddr,
 		Join:          cfg.Join,
 		Logger:        s.logger,
+		Transport:     gossipTransport,
 	})
+	if err != nil && gossipTransport != nil {
+		gossipTransport.Shutdown()
+	}
 	if errors.Is(err, discovery.ErrWrongCluster) {
 		return fmt.Errorf("%w: %v", ErrWrongCluster, err)
 	}
@@ -258,6 +282,31 @@ func (s *Store) open() error {
 	s.goFunc(s.joinLoop)
 	s.goRaft(s.leaderLoop)
 	return nil
+}
+
+// gossipTransport is nil (memberlist's own) unless Config.WrapGossipTransport
+// is set.
+func (s *Store) gossipTransport() (memberlist.Transport, error) {
+	if s.cfg.WrapGossipTransport == nil {
+		return nil, nil
+	}
+	host, ps, err := net.SplitHostPort(s.cfg.GossipBindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GossipBindAddr: %v", ErrInvalidConfig, err)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GossipBindAddr port %q", ErrInvalidConfig, ps)
+	}
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{host},
+		BindPort:  port,
+		Logger:    logging.StdLog(s.logger, "memberlist"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv: gossip transport on %s: %w", s.cfg.GossipBindAddr, err)
+	}
+	return s.cfg.WrapGossipTransport(nt), nil
 }
 
 func (s *Store) meta(bootstrapped bool) discovery.Meta {
@@ -413,8 +462,25 @@ func (s *Store) shutdown() error {
 	s.cancel()
 
 	var errs []error
+	if s.abrupt.Load() {
+		// As if the process died: cut every connection and go silent in
+		// gossip at once; no hand-off, no draining.
+		s.logger.Warn("crashing (abrupt stop)")
+		if s.mux != nil {
+			s.mux.Close()
+		}
+		if s.rpc != nil {
+			s.rpc.Close()
+		}
+		if s.pool != nil {
+			s.pool.Close()
+		}
+		if s.gossip != nil {
+			s.gossip.Shutdown()
+		}
+	}
 	wasLeader := false
-	if s.raft != nil {
+	if s.raft != nil && !s.abrupt.Load() {
 		wasLeader = s.raft.State() == raft.Leader
 		if wasLeader && s.hasOtherVoter() {
 			if err := s.raft.LeadershipTransfer().Error(); err != nil {

@@ -1,6 +1,8 @@
 package kv
 
 import (
+	"github.com/hashicorp/memberlist"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -132,6 +134,11 @@ type Config struct {
 	// (Raft and RPC). It is the hook for fault injection; nil means a
 	// net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// WrapGossipTransport, when set, wraps the gossip transport (UDP and
+	// TCP, bound to GossipBindAddr) that memberlist uses: the hook for fault
+	// injection on gossip traffic, as Dial is for the transport. kvtest
+	// uses both. nil means memberlist's transport as it is.
+	WrapGossipTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // withDefaults returns a copy of c with defaults filled in, or an error

@@ -1,0 +1,58 @@
+package kvtest_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/kvtest"
+)
+
+// profiles is a tiny service built on the store: it keeps display names.
+type profiles struct{ db *kv.Store }
+
+func (p profiles) Rename(ctx context.Context, user, name string) error {
+	return p.db.Set(ctx, "profile/"+user, []byte(name))
+}
+
+func (p profiles) Name(ctx context.Context, user string) (string, error) {
+	v, err := p.db.Get(ctx, "profile/"+user)
+	return string(v), err
+}
+
+// Test a service against a 3-instance cluster, and keep testing it while
+// the leader crashes. In a test, kvtest.NewCluster(t, 3) does the same and
+// cleans up by itself.
+func ExampleStart() {
+	c, err := kvtest.Start(3, kvtest.InMemory())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Two instances of the service, on two members.
+	a, b := profiles{c.Node(0)}, profiles{c.Node(1)}
+	if err := a.Rename(ctx, "ada", "Ada L."); err != nil {
+		fmt.Println(err)
+		return
+	}
+	name, err := b.Name(ctx, "ada")
+	fmt.Println(name, err)
+
+	// The leader crashes; the survivors elect another and go on.
+	c.Kill(c.Leader())
+	survivor := profiles{c.Node(c.Leader())}
+	if err := survivor.Rename(ctx, "ada", "Ada Lovelace"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	name, err = survivor.Name(ctx, "ada")
+	fmt.Println(name, err)
+	// Output:
+	// Ada L. <nil>
+	// Ada Lovelace <nil>
+}
