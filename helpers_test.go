@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/kvtest"
 )
 
 func TestMain(m *testing.M) {
@@ -69,6 +70,7 @@ func (w *tWriter) Write(p []byte) (int, error) {
 // cluster is n instances on 127.0.0.1 with real files.
 type cluster struct {
 	t     testing.TB
+	kc    *kvtest.Cluster // nil for clusters grown by hand (membership tests)
 	dir   string
 	nodes []*kv.Store // nil when closed
 	cfgs  []kv.Config
@@ -86,27 +88,22 @@ func fastConfig(t testing.TB, dir, id string, expect int, join []string) kv.Conf
 	}
 }
 
+// newCluster starts n members named n1..nN through kvtest (the same test
+// clusters users get), on real files with the kvtest fault hooks in place.
 func newCluster(t testing.TB, n int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, dir: t.TempDir()}
+	kc := kvtest.NewCluster(t, n, kvtest.Logger(testLogger(t)), kvtest.Configure(func(i int, cfg *kv.Config) {
+		cfg.NodeID = fmt.Sprintf("n%d", i+1)
+	}))
+	c := &cluster{t: t, kc: kc}
 	for i := 0; i < n; i++ {
-		var join []string
-		if i > 0 {
-			join = []string{c.nodes[0].GossipAddr()}
-		}
-		cfg := fastConfig(t, c.dir, fmt.Sprintf("n%d", i+1), n, join)
-		s, err := kv.Open(cfg)
-		if err != nil {
-			t.Fatalf("open n%d: %v", i+1, err)
-		}
-		c.nodes = append(c.nodes, s)
-		c.cfgs = append(c.cfgs, cfg)
+		c.nodes = append(c.nodes, kc.Node(i))
+		c.cfgs = append(c.cfgs, kc.Config(i))
 	}
-	t.Cleanup(c.closeAll)
-	c.waitLeader()
 	return c
 }
 
+// closeAll closes every open node gracefully.
 func (c *cluster) closeAll() {
 	for i, s := range c.nodes {
 		if s != nil {
@@ -163,7 +160,7 @@ func (c *cluster) followers() []int {
 }
 
 // restart closes node i (if open) and opens it again from its DataDir on new
-// ports, joining through another open node.
+// ports, joining through the open nodes.
 func (c *cluster) restart(i int) {
 	c.t.Helper()
 	if c.nodes[i] != nil {
@@ -175,8 +172,15 @@ func (c *cluster) restart(i int) {
 	c.open(i)
 }
 
+// open starts node i again with the same NodeID and DataDir, joining
+// through the open nodes (kvtest.Restart for kvtest clusters).
 func (c *cluster) open(i int) {
 	c.t.Helper()
+	if c.kc != nil {
+		c.kc.Restart(i)
+		c.nodes[i] = c.kc.Node(i)
+		return
+	}
 	cfg := c.cfgs[i]
 	cfg.Join = nil
 	for j, s := range c.nodes {
