@@ -78,6 +78,7 @@ type Store struct {
 	rwg       sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+	keyring   *memberlist.Keyring // nil without Config.GossipKey
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt atomic.Bool
 }
@@ -106,6 +107,7 @@ func Open(cfg Config) (*Store, error) {
 		logger = logging.Discard()
 	}
 	logger = logger.With("node", cfg.NodeID)
+	warnInsecure(cfg, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{})}
 	s.batch = newBatcher(s)
@@ -177,10 +179,12 @@ func (s *Store) open() error {
 		}
 		adv = a
 	}
-	s.mux = transport.NewMux(transport.MuxConfig{Listener: ln, Advertise: adv, Dial: cfg.Dial, Logger: s.logger})
-	s.rpc = transport.NewServer(transport.ServerConfig{Handler: s.handleRPC, Logger: s.logger})
+	serverTLS, clientTLS := tlsConfigs(cfg.TLS)
+	s.mux = transport.NewMux(transport.MuxConfig{Listener: ln, Advertise: adv, Dial: cfg.Dial, Logger: s.logger, ServerTLS: serverTLS, ClientTLS: clientTLS})
+	s.rpc = transport.NewServer(transport.ServerConfig{Handler: s.handleRPC, Logger: s.logger, Cluster: s.cluster})
 	s.mux.Handle(transport.ProtoRPC, s.rpc.ServeConn)
 	s.pool = transport.NewPool(s.mux, 0, s.logger)
+	s.pool.SetCluster(s.cluster)
 
 	// Raft.
 	hasState, err := raft.HasExistingState(logStore, stableStore, s.snaps)
@@ -225,6 +229,9 @@ func (s *Store) open() error {
 	if err != nil {
 		return err
 	}
+	if s.keyring, err = gossipKeyring(cfg.GossipKey); err != nil {
+		return err
+	}
 	s.gossip, err = discovery.Start(discovery.Config{
 		Meta:          s.meta(hasState),
 		BindAddr:      cfg.GossipBindAddr,
@@ -232,6 +239,7 @@ func (s *Store) open() error {
 		Join:          cfg.Join,
 		Logger:        s.logger,
 		Transport:     gossipTransport,
+		Keyring:       s.keyring,
 	})
 	if err != nil && gossipTransport != nil {
 		gossipTransport.Shutdown()

@@ -26,10 +26,26 @@ type health struct {
 	deadSince map[string]time.Time // in the configuration, not alive in gossip
 	goodSince map[string]time.Time // non-voters alive and caught up
 	why       map[string]string    // non-voters: why not promoted yet
+	warned    map[string]time.Time // rate limit of repeated warnings
 }
 
 func newHealth() *health {
-	return &health{deadSince: map[string]time.Time{}, goodSince: map[string]time.Time{}, why: map[string]string{}}
+	return &health{deadSince: map[string]time.Time{}, goodSince: map[string]time.Time{}, why: map[string]string{}, warned: map[string]time.Time{}}
+}
+
+// warnOnce says whether a warning under key may be logged now: at most once
+// per every.
+func (h *health) warnOnce(key string, every time.Duration) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t, ok := h.warned[key]; ok && time.Since(t) < every {
+		return false
+	}
+	if len(h.warned) > 1024 {
+		h.warned = map[string]time.Time{}
+	}
+	h.warned[key] = time.Now()
+	return true
 }
 
 func (h *health) reset() {
@@ -122,6 +138,15 @@ func (s *Store) reconcileOnce() (bool, error) {
 			// dialled by NodeID through gossip (addressBook). Rewriting the
 			// address in the configuration would also hit a data race in
 			// hashicorp/raft (startStopReplication vs. replicateTo, raft#681).
+			continue
+		}
+		// Only a member this one can talk to over the transport is added:
+		// one that fails the TLS handshake (another CA, no certificate)
+		// never enters the configuration.
+		if err := s.reachable(m.Addr); err != nil {
+			if s.health.warnOnce("unreachable/"+m.ID, time.Minute) {
+				s.logger.Warn("not adding member: its transport does not answer or is not trusted", "member", m.ID, "addr", m.Addr, "error", err)
+			}
 			continue
 		}
 		s.logger.Info("member joined; adding it as a non-voter until it has caught up", "member", m.ID, "addr", m.Addr)
@@ -252,6 +277,14 @@ func (s *Store) removalBlocked(srv raft.Server, voters, aliveNow, aliveAfter, al
 		return fmt.Sprintf("would leave %d voters while %d members are alive; promoting first", after, aliveMembers)
 	}
 	return ""
+}
+
+// reachable checks that addr answers a status RPC over the transport.
+func (s *Store) reachable(addr string) error {
+	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+	defer cancel()
+	_, err := s.pool.Call(ctx, addr, methodStatus, nil)
+	return err
 }
 
 // caughtUp asks a non-voter how far it has applied; "" means it is alive in

@@ -1,6 +1,8 @@
 package kv
 
 import (
+	"crypto/tls"
+
 	"github.com/hashicorp/memberlist"
 
 	"context"
@@ -134,6 +136,26 @@ type Config struct {
 	// (Raft and RPC). It is the hook for fault injection; nil means a
 	// net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLS, when set, secures the transport port with mutual TLS: every
+	// connection, Raft and member RPC alike, is TLS 1.3, and each side must
+	// present a certificate that chains to the configured CA before any byte
+	// of Raft or RPC is read. The config needs this member's certificate
+	// (Certificates, or GetCertificate — and GetClientCertificate for
+	// outbound connections if the two differ; both hooks allow rotation
+	// without restart) and the CA: RootCAs verifies the members this one
+	// dials, ClientCAs the members that dial it (each defaults to the
+	// other). Certificates need both the server and client auth extended key
+	// usages. With ServerName empty a peer's certificate is checked against
+	// the CA only, not against its address (members are dialled by IP); set
+	// ServerName to require that name in every member's certificate.
+	// MinVersion is raised to TLS 1.3. nil: plaintext (see the warning in
+	// the package docs).
+	TLS *tls.Config
+	// GossipKey, when set (16, 24 or 32 bytes: AES-128/192/256), encrypts
+	// and authenticates all gossip; members without the key can neither
+	// join nor read it. Rotate it with GossipKeyring.
+	GossipKey []byte
+
 	// WrapGossipTransport, when set, wraps the gossip transport (UDP and
 	// TCP, bound to GossipBindAddr) that memberlist uses: the hook for fault
 	// injection on gossip traffic, as Dial is for the transport. kvtest
@@ -162,6 +184,19 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return c, fmt.Errorf("%w: %s %q: %v", ErrInvalidConfig, name, a, err)
+		}
+	}
+	switch len(c.GossipKey) {
+	case 0, 16, 24, 32:
+	default:
+		return c, fmt.Errorf("%w: GossipKey of %d bytes; want 16, 24 or 32", ErrInvalidConfig, len(c.GossipKey))
+	}
+	if c.TLS != nil {
+		if len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil {
+			return c, fmt.Errorf("%w: TLS without a certificate (Certificates or GetCertificate)", ErrInvalidConfig)
+		}
+		if c.TLS.RootCAs == nil && c.TLS.ClientCAs == nil {
+			return c, fmt.Errorf("%w: TLS without a CA (RootCAs or ClientCAs)", ErrInvalidConfig)
 		}
 	}
 	if c.BootstrapExpect < 0 {

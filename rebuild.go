@@ -72,9 +72,11 @@ func Rebuild(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("kv: rebuild: listen on %s (is the member still running?): %w", cfg.BindAddr, err)
 	}
-	mux := transport.NewMux(transport.MuxConfig{Listener: ln, Dial: cfg.Dial, Logger: logger})
+	serverTLS, clientTLS := tlsConfigs(cfg.TLS)
+	mux := transport.NewMux(transport.MuxConfig{Listener: ln, Dial: cfg.Dial, Logger: logger, ServerTLS: serverTLS, ClientTLS: clientTLS})
 	defer mux.Close()
 	pool := transport.NewPool(mux, 0, logger)
+	pool.SetCluster(func() string { return cluster })
 	defer pool.Close()
 
 	// In gossip, the member says it is leaving: the leader removes only
@@ -87,7 +89,12 @@ func Rebuild(ctx context.Context, cfg Config) error {
 		ClusterID:    cluster,
 		Nonce:        randomHex(8),
 	}
+	keyring, err := gossipKeyring(cfg.GossipKey)
+	if err != nil {
+		return err
+	}
 	gossip, err := discovery.Start(discovery.Config{
+		Keyring:       keyring,
 		Meta:          meta,
 		BindAddr:      cfg.GossipBindAddr,
 		AdvertiseAddr: cfg.GossipAdvertiseAddr,

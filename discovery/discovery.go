@@ -86,6 +86,9 @@ type Config struct {
 	// Transport, when set, replaces memberlist's own network transport (the
 	// hook for fault injection in tests). It must be bound already.
 	Transport memberlist.Transport
+	// Keyring, when set, encrypts and authenticates all gossip with its
+	// primary key and accepts any of its keys.
+	Keyring *memberlist.Keyring
 }
 
 // Pool is this instance's membership in the gossip pool. Safe for concurrent
@@ -164,6 +167,11 @@ func Start(cfg Config) (*Pool, error) {
 		}
 	}
 	mc.Transport = cfg.Transport
+	if cfg.Keyring != nil {
+		mc.Keyring = cfg.Keyring
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
 	mc.Delegate = (*delegate)(p)
 	mc.Events = (*events)(p)
 	mc.Merge = (*guard)(p)

@@ -19,6 +19,7 @@ package kvtest
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +37,7 @@ import (
 type Option func(*options)
 
 type options struct {
+	secure    bool
 	inMemory  bool
 	configure func(i int, cfg *kv.Config)
 	logger    *slog.Logger
@@ -53,6 +55,11 @@ func Configure(fn func(i int, cfg *kv.Config)) Option {
 	return func(o *options) { o.configure = fn }
 }
 
+// Secure runs the cluster as production should: mutual TLS on the
+// transport, with certificates from a fresh throwaway CA (Cluster.CA), and
+// encrypted gossip under a random key (Cluster.GossipKey).
+func Secure() Option { return func(o *options) { o.secure = true } }
+
 // Logger sends every member's log to l (default: discarded).
 func Logger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
@@ -65,6 +72,9 @@ type Cluster struct {
 	rmDir bool
 	net   *fabric
 	fatal func(format string, args ...any)
+
+	ca        *CA
+	gossipKey []byte
 
 	mu    sync.Mutex
 	nodes []*kv.Store
@@ -110,6 +120,16 @@ func start(dir string, rmDir bool, fatal func(string, ...any), n int, opts ...Op
 	for _, o := range opts {
 		o(&c.opts)
 	}
+	if c.opts.secure {
+		var err error
+		if c.ca, err = NewCA(); err != nil {
+			return nil, err
+		}
+		c.gossipKey = make([]byte, 32)
+		if _, err := rand.Read(c.gossipKey); err != nil {
+			return nil, err
+		}
+	}
 	c.nodes = make([]*kv.Store, n)
 	c.cfgs = make([]kv.Config, n)
 	for i := 0; i < n; i++ {
@@ -125,6 +145,14 @@ func start(dir string, rmDir bool, fatal func(string, ...any), n int, opts ...Op
 		}
 		if !cfg.InMemory {
 			cfg.DataDir = filepath.Join(dir, cfg.NodeID)
+		}
+		if c.ca != nil {
+			tc, err := c.ca.TLSConfig(cfg.NodeID)
+			if err != nil {
+				return nil, err
+			}
+			cfg.TLS = tc
+			cfg.GossipKey = c.gossipKey
 		}
 		if c.opts.configure != nil {
 			c.opts.configure(i, &cfg)
@@ -173,6 +201,12 @@ func (c *Cluster) open(i int) error {
 	c.mu.Unlock()
 	return nil
 }
+
+// CA returns the cluster's certificate authority (nil unless Secure).
+func (c *Cluster) CA() *CA { return c.ca }
+
+// GossipKey returns the cluster's gossip key (nil unless Secure).
+func (c *Cluster) GossipKey() []byte { return c.gossipKey }
 
 // N returns the number of members, running or not.
 func (c *Cluster) N() int { return len(c.cfgs) }

@@ -18,11 +18,17 @@ type Pool struct {
 	maxFrame int
 	logger   *slog.Logger
 
+	cluster func() string // stamps requests; nil: none
+
 	mu     sync.Mutex
 	conns  map[string]*clientConn
 	closed bool
 	wg     sync.WaitGroup
 }
+
+// SetCluster makes every request carry the cluster ID f returns, so that a
+// member of another cluster refuses it. Call it before the first Call.
+func (p *Pool) SetCluster(f func() string) { p.cluster = f }
 
 // NewPool returns a Pool that dials through m. maxFrame 0 means
 // DefaultMaxFrame.
@@ -69,6 +75,9 @@ func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, grace time.
 		return nil, err
 	}
 	req := &Message{Method: method, Body: body}
+	if p.cluster != nil {
+		req.Cluster = p.cluster()
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		req.Timeout = int64(time.Until(dl))
 		if req.Timeout <= 0 {

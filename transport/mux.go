@@ -7,6 +7,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,8 +40,17 @@ type MuxConfig struct {
 	Dial Dialer
 	// Logger receives one line per dropped connection; nil discards.
 	Logger *slog.Logger
-	// HandshakeTimeout: 0 means DefaultHandshakeTimeout.
+	// HandshakeTimeout: 0 means DefaultHandshakeTimeout. It bounds the TLS
+	// handshake and the protocol byte together.
 	HandshakeTimeout time.Duration
+	// ServerTLS, when set, makes every inbound connection a TLS server
+	// connection: the handshake (and the verification of the peer's
+	// certificate the config asks for) completes before the protocol byte
+	// is read.
+	ServerTLS *tls.Config
+	// ClientTLS, when set, makes every outbound connection a TLS client
+	// connection, handshaken before the protocol byte is written.
+	ClientTLS *tls.Config
 }
 
 // Mux owns the listener and hands each inbound connection to its protocol.
@@ -103,6 +113,17 @@ func (m *Mux) Dial(ctx context.Context, addr string, proto byte) (net.Conn, erro
 	conn, err := m.cfg.Dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if m.cfg.ClientTLS != nil {
+		tc := tls.Client(conn, m.cfg.ClientTLS)
+		hctx, cancel := context.WithTimeout(ctx, m.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("transport: TLS handshake with %s: %w", addr, err)
+		}
+		conn = tc
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetWriteDeadline(dl)
@@ -173,16 +194,27 @@ func (m *Mux) untrack(c net.Conn) {
 // route reads the protocol byte and hands the connection over.
 func (m *Mux) route(conn net.Conn) {
 	defer m.wg.Done()
-	conn.SetReadDeadline(time.Now().Add(m.cfg.HandshakeTimeout))
+	raw := conn
+	conn.SetDeadline(time.Now().Add(m.cfg.HandshakeTimeout))
+	if m.cfg.ServerTLS != nil {
+		tc := tls.Server(conn, m.cfg.ServerTLS)
+		if err := tc.Handshake(); err != nil {
+			m.untrack(raw)
+			m.cfg.Logger.Warn("transport: refused connection: TLS handshake failed", "remote", conn.RemoteAddr(), "error", err)
+			conn.Close()
+			return
+		}
+		conn = tc
+	}
 	var b [1]byte
 	_, err := conn.Read(b[:])
-	m.untrack(conn)
+	m.untrack(raw)
 	if err != nil {
 		m.cfg.Logger.Debug("transport: dropped connection before its protocol byte", "remote", conn.RemoteAddr(), "error", err)
 		conn.Close()
 		return
 	}
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{})
 	m.mu.Lock()
 	h, ok := m.handlers[b[0]]
 	closed := m.closed

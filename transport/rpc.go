@@ -29,6 +29,9 @@ type Message struct {
 	Code    uint8  `codec:"c,omitempty"` // response: 0, or the error's code
 	Error   string `codec:"e,omitempty"` // response: error text
 	Body    []byte `codec:"b,omitempty"`
+	// Cluster is the caller's cluster ID on requests (empty while it has
+	// none); a server of another cluster refuses the request.
+	Cluster string `codec:"k,omitempty"`
 }
 
 // Defaults for the RPC protocol.
@@ -62,6 +65,10 @@ type Error struct {
 
 // CodeInternal is the code of a handler error that carries no *Error.
 const CodeInternal uint8 = 255
+
+// CodeWrongCluster is the reply code for a request from a member of another
+// cluster.
+const CodeWrongCluster uint8 = 254
 
 func (e *Error) Error() string { return e.Msg }
 
@@ -140,7 +147,11 @@ type Handler func(ctx context.Context, method uint8, body []byte) ([]byte, error
 
 // ServerConfig configures a Server.
 type ServerConfig struct {
-	Handler     Handler
+	Handler Handler
+	// Cluster, when set, returns this member's cluster ID: requests that
+	// carry another one are refused with CodeWrongCluster before the
+	// handler sees them.
+	Cluster     func() string
 	Logger      *slog.Logger
 	MaxFrame    int // 0: DefaultMaxFrame
 	MaxInFlight int // 0: DefaultMaxInFlight
@@ -246,6 +257,12 @@ func (s *Server) serve(c net.Conn) {
 
 func (s *Server) call(req *Message) (resp *Message) {
 	resp = &Message{Seq: req.Seq}
+	if s.cfg.Cluster != nil && req.Cluster != "" {
+		if local := s.cfg.Cluster(); local != "" && local != req.Cluster {
+			resp.Code, resp.Error = CodeWrongCluster, fmt.Sprintf("request of cluster %q refused by cluster %q", req.Cluster, local)
+			return resp
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s.cfg.Logger.Error("transport: RPC handler panicked", "method", req.Method, "panic", r)
