@@ -149,6 +149,7 @@ func start(dir string, rmDir bool, fatal func(string, ...any), n int, opts ...Op
 		if c.ca != nil {
 			tc, err := c.ca.TLSConfig(cfg.NodeID)
 			if err != nil {
+				c.Close()
 				return nil, err
 			}
 			cfg.TLS = tc
