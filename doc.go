@@ -112,8 +112,9 @@
 //     been applied.
 //   - memberlist does not expose suspicion: Members reports a member alive
 //     until gossip declares it dead (a few seconds after it stops answering).
-//   - The transport and gossip ports are unauthenticated: bind them to a
-//     private network.
+//   - Without Config.TLS and Config.GossipKey the transport and gossip ports
+//     are unauthenticated (Open warns when they are bound beyond loopback):
+//     set both, or bind them to a private network.
 //   - After Close returns, a gossip probe that was in flight may linger for
 //     up to a second inside memberlist before it ends on its own.
 package kv
