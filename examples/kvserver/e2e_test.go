@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	kv "github.com/cohortkv/kv"
+)
+
+// The README's tour, as a user would run it: three kvserver processes on
+// 127.0.0.1; write, read from another node, kill -9 the leader, keep
+// writing, restart it, see it catch up.
+func TestE2E_Tour(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs three processes")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kvserver")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ports := freePorts(t, 9)
+	type node struct {
+		args []string
+		http string
+		cmd  *exec.Cmd
+		log  *os.File
+	}
+	nodes := make([]*node, 3)
+	for i := range nodes {
+		var join []string
+		for j := 0; j < 3; j++ {
+			if j != i {
+				join = append(join, fmt.Sprintf("127.0.0.1:%d", ports[3+j]))
+			}
+		}
+		n := &node{http: fmt.Sprintf("127.0.0.1:%d", ports[6+i])}
+		n.args = []string{
+			"-node-id", fmt.Sprintf("node%d", i+1),
+			"-data-dir", filepath.Join(dir, fmt.Sprintf("node%d", i+1)),
+			"-bind", fmt.Sprintf("127.0.0.1:%d", ports[i]),
+			"-gossip", fmt.Sprintf("127.0.0.1:%d", ports[3+i]),
+			"-http", n.http,
+			"-bootstrap-expect", "3",
+			"-join", strings.Join(join, ","),
+		}
+		nodes[i] = n
+	}
+	start := func(i int) {
+		t.Helper()
+		n := nodes[i]
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("node%d.log", i+1)), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.log = f
+		n.cmd = exec.Command(bin, n.args...)
+		n.cmd.Stdout, n.cmd.Stderr = f, f
+		if err := n.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for i, n := range nodes {
+			if n.cmd != nil && n.cmd.ProcessState == nil {
+				n.cmd.Process.Kill()
+				n.cmd.Wait()
+			}
+			if n.log != nil {
+				n.log.Close()
+			}
+			if t.Failed() {
+				b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("node%d.log", i+1)))
+				t.Logf("node%d log (tail):\n%s", i+1, tail(string(b), 3000))
+			}
+		}
+	})
+	for i := range nodes {
+		start(i)
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	call := func(method, addr, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, "http://"+addr+path, rd)
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, map[string]any{"error": err.Error()}
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	waitFor := func(what string, d time.Duration, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	healthy := func(i int) bool { code, _ := call("GET", nodes[i].http, "/health", nil); return code == 200 }
+
+	// 1. All three up and healthy.
+	for i := range nodes {
+		waitFor(fmt.Sprintf("node%d healthy", i+1), 60*time.Second, func() bool { return healthy(i) })
+	}
+	// 2. Write on node1, read on node2 (linearizable) and node3 (stale, eventually).
+	if code, out := call("POST", nodes[0].http, "/api/set", map[string]string{"key": "greeting", "value": "hello"}); code != 200 || out["success"] != true {
+		t.Fatalf("set: %d %v", code, out)
+	}
+	if code, out := call("GET", nodes[1].http, "/api/get?key=greeting", nil); code != 200 || out["value"] != "hello" || out["found"] != true {
+		t.Fatalf("get on node2: %d %v", code, out)
+	}
+	waitFor("stale read on node3", 10*time.Second, func() bool {
+		_, out := call("GET", nodes[2].http, "/api/get?key=greeting&stale=true", nil)
+		return out["value"] == "hello"
+	})
+	// Errors say what happened.
+	if code, _ := call("GET", nodes[0].http, "/api/get?key=absent", nil); code != 404 {
+		t.Fatalf("absent key: %d, want 404", code)
+	}
+	if code, _ := call("POST", nodes[0].http, "/api/set", map[string]string{"key": "", "value": "x"}); code != 400 {
+		t.Fatalf("empty key: %d, want 400", code)
+	}
+	if code, _ := call("POST", nodes[0].http, "/api/set", "not an object"); code != 400 {
+		t.Fatalf("bad body: %d, want 400", code)
+	}
+
+	// 3. Find the leader and kill -9 it.
+	_, st := call("GET", nodes[0].http, "/api/stats", nil)
+	leaderID, _ := st["leader"].(string)
+	var leader int = -1
+	for i := range nodes {
+		if fmt.Sprintf("node%d", i+1) == leaderID {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatalf("no leader in stats: %v", st)
+	}
+	nodes[leader].cmd.Process.Signal(syscall.SIGKILL)
+	nodes[leader].cmd.Wait()
+	other := (leader + 1) % 3
+
+	// 4. Keep writing through a survivor: a new leader takes over.
+	for i := 0; i < 10; i++ {
+		key := fmt.Sprintf("after-kill/%d", i)
+		waitFor("write "+key, 30*time.Second, func() bool {
+			code, _ := call("POST", nodes[other].http, "/api/set", map[string]string{"key": key, "value": fmt.Sprint(i)})
+			return code == 200
+		})
+	}
+	code, out := call("GET", nodes[other].http, "/api/list?prefix=after-kill/&limit=5", nil)
+	if pairs, _ := out["pairs"].([]any); code != 200 || len(pairs) != 5 {
+		t.Fatalf("list with limit: %d %v", code, out)
+	}
+
+	// 5. Restart it: it catches up with what it missed.
+	start(leader)
+	waitFor("restarted node healthy", 60*time.Second, func() bool { return healthy(leader) })
+	waitFor("restarted node caught up", 30*time.Second, func() bool {
+		code, out := call("GET", nodes[leader].http, "/api/get?key=after-kill/9", nil)
+		return code == 200 && out["value"] == "9"
+	})
+	if code, out := call("DELETE", nodes[leader].http, "/api/delete?key=greeting", nil); code != 200 || out["success"] != true {
+		t.Fatalf("delete: %d %v", code, out)
+	}
+	if code, _ := call("GET", nodes[other].http, "/api/get?key=greeting", nil); code != 404 {
+		t.Fatalf("deleted key on another node: %d, want 404", code)
+	}
+	_, st = call("GET", nodes[leader].http, "/api/stats", nil)
+	if members, _ := st["members"].([]any); len(members) != 3 || st["leader"] == "" {
+		t.Fatalf("stats after the tour: %v", st)
+	}
+
+	// 6. SIGTERM: every process stops cleanly.
+	for i, n := range nodes {
+		n.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- n.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("node%d exit after SIGTERM: %v", i+1, err)
+			}
+		case <-time.After(40 * time.Second):
+			t.Errorf("node%d did not stop within 40 s of SIGTERM", i+1)
+		}
+	}
+}
+
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func TestFlags(t *testing.T) {
+	t.Setenv("KV_NODE_ID", "from-env")
+	t.Setenv("KV_JOIN", "127.0.0.1:1, 127.0.0.1:2")
+	o, err := parseFlags([]string{"-in-memory", "-bootstrap-expect", "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.config(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeID != "from-env" || len(cfg.Join) != 2 || cfg.Join[1] != "127.0.0.1:2" || cfg.BootstrapExpect != 3 || !cfg.InMemory {
+		t.Fatalf("config from env and flags: %+v", cfg)
+	}
+	o, err = parseFlags([]string{"-node-id", "flag-wins", "-data-dir", t.TempDir()})
+	if err != nil || o.nodeID != "flag-wins" {
+		t.Fatalf("flag over env: %+v %v", o, err)
+	}
+	t.Setenv("KV_NODE_ID", "")
+	if _, err := parseFlags([]string{"-in-memory"}); err == nil {
+		t.Fatal("missing node ID accepted")
+	}
+	if _, err := parseFlags([]string{"-node-id", "x"}); err == nil {
+		t.Fatal("missing data dir accepted")
+	}
+	o, _ = parseFlags([]string{"-node-id", "x", "-in-memory", "-gossip-key", "zz"})
+	if _, err := o.config(nil); err == nil {
+		t.Fatal("bad gossip key accepted")
+	}
+}
+
+func TestErrorStatuses(t *testing.T) {
+	for err, want := range map[error]int{
+		kv.ErrNotFound:           404,
+		kv.ErrEmptyKey:           400,
+		kv.ErrKeyTooLarge:        400,
+		kv.ErrValueTooLarge:      400,
+		kv.ErrNoLeader:           503,
+		kv.ErrClosed:             503,
+		context.DeadlineExceeded: 504,
+		fmt.Errorf("wrapped: %w", kv.ErrLeadershipLost): 504,
+	} {
+		rec := httptest.NewRecorder()
+		fail(rec, err)
+		if rec.Code != want {
+			t.Errorf("%v: status %d, want %d", err, rec.Code, want)
+		}
+		var body map[string]string
+		if json.Unmarshal(rec.Body.Bytes(), &body) != nil || body["error"] == "" {
+			t.Errorf("%v: body %q is not a JSON error", err, rec.Body.String())
+		}
+	}
+}
+
+// The deployment files only set environment variables kvserver reads.
+func TestDeploymentFilesUseKnownVariables(t *testing.T) {
+	src, err := os.ReadFile("main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`KV_[A-Z_]+`)
+	known := map[string]bool{}
+	for _, m := range re.FindAllString(string(src), -1) {
+		known[m] = true
+	}
+	for _, f := range []string{"Dockerfile", "docker-compose.yml", "kubernetes.yaml", "run-local.sh"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllString(string(b), -1) {
+			if !known[m] && m != "KV_LOCAL_DIR" {
+				t.Errorf("%s sets %s, which kvserver does not read", f, m)
+			}
+		}
+	}
+}
