@@ -16,12 +16,18 @@ import (
 // It works on any instance; the copy reflects every write that completed
 // before Backup was called (a linearizable read), taken from this
 // instance's own data without stopping writes. Restore loads it.
-func (s *Store) Backup(ctx context.Context, w io.Writer) error {
+//
+// With Stale() it copies this instance's data as it is, without asking the
+// leader: the way to save what a member holds when the cluster has lost its
+// majority and no leader can be elected.
+func (s *Store) Backup(ctx context.Context, w io.Writer, opts ...ReadOption) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	if err := s.linearize(ctx); err != nil {
-		return err
+	if !collect(opts).stale {
+		if err := s.linearize(ctx); err != nil {
+			return err
+		}
 	}
 	snap, err := s.eng.Snapshot()
 	if err != nil {

@@ -2,12 +2,15 @@ package kv_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/kvtest"
 )
 
 // A backup taken on a follower of one cluster seeds another cluster: every
@@ -71,5 +74,49 @@ func TestBackupRestore_SeedsAnotherCluster(t *testing.T) {
 		if v, err := s.Get(ctx, "b/000"); err != nil || string(v) != "new" {
 			t.Fatalf("n%d after restart: %q, %v", i+1, v, err)
 		}
+	}
+}
+
+// A cluster that lost its majority cannot elect a leader; a stale Backup
+// of a survivor saves what it holds, and seeds a new cluster.
+func TestBackup_StaleFromSurvivorOfLostMajority(t *testing.T) {
+	c := kvtest.NewCluster(t, 3, kvtest.Logger(testLogger(t)))
+	ctx := ctxT(t, 60*time.Second)
+	for i := 0; i < 30; i++ {
+		if err := c.Node(0).Set(ctx, fmt.Sprintf("k%02d", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	survivor := c.Node(0)
+	// Every member applied everything before the others die.
+	if _, err := survivor.Get(ctx, "k29"); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(1)
+	c.Kill(2)
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := survivor.Backup(short, io.Discard)
+	cancel()
+	if err == nil {
+		t.Fatal("linearizable Backup succeeded without a majority")
+	}
+	var buf bytes.Buffer
+	if err := survivor.Backup(ctx, &buf, kv.Stale()); err != nil {
+		t.Fatalf("stale Backup of a survivor: %v", err)
+	}
+	fresh, err := kv.Open(kv.Config{NodeID: "fresh", InMemory: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if err := fresh.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Restore(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fresh.List(ctx, "")
+	if err != nil || len(got) != 30 {
+		t.Fatalf("restored %d pairs, %v; want 30", len(got), err)
 	}
 }
