@@ -2,8 +2,14 @@ package kv_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +25,16 @@ import (
 // runCrashChild is the test binary run as one instance in its own process:
 // it opens a Store from the environment, prints its addresses and waits to
 // be killed.
+//
+// Optional settings (unset: the defaults):
+//
+//	KV_CRASH_SNAPSHOT_THRESHOLD  Config.SnapshotThreshold
+//	KV_CRASH_SNAPSHOT_INTERVAL   Config.SnapshotInterval (a time.Duration)
+//	KV_CRASH_TRAILING_LOGS       Config.TrailingLogs
+//	KV_CRASH_LOG                 a file the Store's logs are appended to
+//	KV_CRASH_HTTP                set: serve /dump and /stats on 127.0.0.1
+//	                             (see serveCrashInspect) and print its
+//	                             address as a fourth field of READY
 func runCrashChild() {
 	var join []string
 	if j := os.Getenv("KV_JOIN"); j != "" {
@@ -26,32 +42,127 @@ func runCrashChild() {
 	}
 	expect := 0
 	fmt.Sscan(os.Getenv("KV_EXPECT"), &expect)
-	s, err := kv.Open(kv.Config{
+	cfg := kv.Config{
 		NodeID:          os.Getenv("KV_NODE_ID"),
 		DataDir:         os.Getenv("KV_DATA_DIR"),
 		Join:            join,
 		BootstrapExpect: expect,
 		MaxVoters:       3,
-	})
+	}
+	if v := os.Getenv("KV_CRASH_SNAPSHOT_THRESHOLD"); v != "" {
+		fmt.Sscan(v, &cfg.SnapshotThreshold)
+	}
+	if v := os.Getenv("KV_CRASH_SNAPSHOT_INTERVAL"); v != "" {
+		cfg.SnapshotInterval, _ = time.ParseDuration(v)
+	}
+	if v := os.Getenv("KV_CRASH_TRAILING_LOGS"); v != "" {
+		fmt.Sscan(v, &cfg.TrailingLogs)
+	}
+	if path := os.Getenv("KV_CRASH_LOG"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			fmt.Println("ERROR", err)
+			os.Exit(1)
+		}
+		cfg.Logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		cfg.Logger.Info("crash child starting", "pid", os.Getpid())
+	}
+	s, err := kv.Open(cfg)
 	if err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(1)
+	}
+	if os.Getenv("KV_CRASH_HTTP") != "" {
+		addr, err := serveCrashInspect(s)
+		if err != nil {
+			fmt.Println("ERROR", err)
+			os.Exit(1)
+		}
+		fmt.Println("READY", s.Addr(), s.GossipAddr(), addr)
+		select {}
 	}
 	fmt.Println("READY", s.Addr(), s.GossipAddr())
 	select {}
 }
 
+// serveCrashInspect lets the parent look inside a child: GET /stats is the
+// Store's Stats as JSON; GET /dump lists every pair (linearizable, or local
+// state with ?stale=1) as lines "key<TAB>len<TAB>crc32c<TAB>head", head
+// being the value up to its first '|' (at most 64 bytes), after a first
+// line "applied <AppliedIndex>" and before a last line "end <count>".
+func serveCrashInspect(s *kv.Store) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(s.Stats())
+	})
+	mux.HandleFunc("/dump", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		var opts []kv.ReadOption
+		if r.URL.Query().Get("stale") != "" {
+			opts = append(opts, kv.Stale())
+		}
+		applied := s.Stats().AppliedIndex
+		pairs, err := s.List(ctx, "", opts...)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		bw := bufio.NewWriter(w)
+		fmt.Fprintf(bw, "applied %d\n", applied)
+		for _, p := range pairs {
+			head := p.Value
+			if i := bytes.IndexByte(head, '|'); i >= 0 {
+				head = head[:i]
+			}
+			if len(head) > 64 {
+				head = head[:64]
+			}
+			fmt.Fprintf(bw, "%s\t%d\t%08x\t%s\n", p.Key, len(p.Value), crc32.Checksum(p.Value, crashCRCTable), head)
+		}
+		fmt.Fprintf(bw, "end %d\n", len(pairs))
+		bw.Flush()
+	})
+	go http.Serve(ln, mux)
+	return ln.Addr().String(), nil
+}
+
+var crashCRCTable = crc32.MakeTable(crc32.Castagnoli)
+
 type child struct {
 	id, dir string
 	cmd     *exec.Cmd
 	gossip  string
+	http    string // with KV_CRASH_HTTP: the inspection server's address
 }
 
 func startChild(t *testing.T, id, dir string, expect int, join []string) *child {
 	t.Helper()
+	return startChildEnv(t, id, dir, expect, join, nil)
+}
+
+// startChildEnv is startChild with extra environment settings for the child
+// (see runCrashChild).
+func startChildEnv(t *testing.T, id, dir string, expect int, join, env []string) *child {
+	t.Helper()
+	c, lines := spawnChild(t, id, dir, expect, join, env)
+	c.waitReady(t, lines, 30*time.Second)
+	return c
+}
+
+// spawnChild starts a child without waiting for it: lines delivers the
+// first line it prints (READY or ERROR) and is closed when its output ends.
+// The child is killed at the end of the test.
+func spawnChild(t *testing.T, id, dir string, expect int, join, env []string) (*child, <-chan string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "KV_CRASH_CHILD=1", "KV_NODE_ID="+id, "KV_DATA_DIR="+dir,
 		"KV_JOIN="+strings.Join(join, ","), fmt.Sprintf("KV_EXPECT=%d", expect))
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +173,7 @@ func startChild(t *testing.T, id, dir string, expect int, join []string) *child 
 	}
 	lines := make(chan string, 1)
 	go func() {
+		defer close(lines)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			select {
@@ -70,23 +182,30 @@ func startChild(t *testing.T, id, dir string, expect int, join []string) *child 
 			}
 		}
 	}()
+	c := &child{id: id, dir: dir, cmd: cmd}
+	t.Cleanup(c.kill)
+	return c, lines
+}
+
+// waitReady waits for the READY line of a child from spawnChild and records
+// its addresses.
+func (c *child) waitReady(t *testing.T, lines <-chan string, timeout time.Duration) {
+	t.Helper()
 	select {
-	case l := <-lines:
+	case l, ok := <-lines:
 		f := strings.Fields(l)
-		if len(f) != 3 || f[0] != "READY" {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("child %s: %s", id, l)
+		if !ok || len(f) < 3 || len(f) > 4 || f[0] != "READY" {
+			c.kill()
+			t.Fatalf("child %s: %q (exit %v)", c.id, l, c.cmd.ProcessState)
 		}
-		c := &child{id: id, dir: dir, cmd: cmd, gossip: f[2]}
-		t.Cleanup(c.kill)
-		return c
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("child %s did not start", id)
+		c.gossip = f[2]
+		if len(f) == 4 {
+			c.http = f[3]
+		}
+	case <-time.After(timeout):
+		c.kill()
+		t.Fatalf("child %s did not start within %v", c.id, timeout)
 	}
-	return nil
 }
 
 // kill sends SIGKILL: no Close, no fsync beyond what was already done.

@@ -48,6 +48,7 @@ type Store struct {
 	clusterMu sync.Mutex
 	clusterID string
 	nonce     string
+	started   int64 // this start's time, orders incarnations in gossip
 	leaving   atomic.Bool
 	health    *health
 
@@ -152,6 +153,9 @@ func (s *Store) open() error {
 			return err
 		}
 		logStore, stableStore = cache, s.logs
+		// The data file's lock makes this DataDir ours: snapshots left
+		// half-written by a crash can go (raft skips but never removes them).
+		s.removePartialSnapshots()
 		s.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, logging.HCLog(s.logger, "snapshots"))
 		if err != nil {
 			return fmt.Errorf("kv: snapshot store: %w", err)
@@ -196,6 +200,7 @@ func (s *Store) open() error {
 		s.clusterID = string(id)
 	}
 	s.nonce = randomHex(8)
+	s.started = time.Now().UnixNano()
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:                s.mux.Raft(),
 		MaxPool:               3,
@@ -326,6 +331,7 @@ func (s *Store) meta(bootstrapped bool) discovery.Meta {
 		Leaving:      s.leaving.Load(),
 		ClusterID:    s.cluster(),
 		Nonce:        s.nonce,
+		Started:      s.started,
 	}
 }
 
@@ -387,6 +393,19 @@ func (s *Store) catchUpFromSnapshot() error {
 	}
 	s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
 	return nil
+}
+
+// removePartialSnapshots deletes snapshots/*.tmp: snapshots that a crash
+// interrupted before raft completed them.
+func (s *Store) removePartialSnapshots() {
+	tmps, _ := filepath.Glob(filepath.Join(s.cfg.DataDir, "snapshots", "*.tmp"))
+	for _, dir := range tmps {
+		if err := os.RemoveAll(dir); err != nil {
+			s.logger.Warn("removing an unfinished snapshot failed", "dir", dir, "error", err)
+			continue
+		}
+		s.logger.Info("removed an unfinished snapshot left by a crash", "dir", dir)
+	}
 }
 
 // verifyLogTail checks the log entries raft reads as it starts (those after

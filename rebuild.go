@@ -88,6 +88,7 @@ func Rebuild(ctx context.Context, cfg Config) error {
 		Leaving:      true,
 		ClusterID:    cluster,
 		Nonce:        randomHex(8),
+		Started:      time.Now().UnixNano(),
 	}
 	keyring, err := gossipKeyring(cfg.GossipKey)
 	if err != nil {

@@ -37,6 +37,7 @@ type Meta struct {
 	Leaving      bool   `codec:"l,omitempty"` // set by Leave just before leaving the pool
 	ClusterID    string `codec:"c,omitempty"` // the cluster this member belongs to, once known
 	Nonce        string `codec:"n,omitempty"` // random per start; seeds the cluster ID at bootstrap
+	Started      int64  `codec:"t,omitempty"` // start time (Unix ns): orders incarnations of one ID
 }
 
 // ErrWrongCluster is returned by Join when every seed that answered belongs
@@ -308,9 +309,17 @@ func (p *Pool) Lookup(id string) (Member, bool) {
 }
 
 // better says whether e is a better incarnation to report than b: alive
-// before left before dead, then the latest to join.
+// before left before dead, then the latest started (a member restarted
+// quickly may be learned together with its dead predecessor, in any
+// order), then the latest to join here.
 func (e *entry) better(b *entry) bool {
-	return e.Status < b.Status || e.Status == b.Status && e.seq > b.seq
+	if e.Status != b.Status {
+		return e.Status < b.Status
+	}
+	if e.Started != b.Started {
+		return e.Started > b.Started
+	}
+	return e.seq > b.seq
 }
 
 // Leave tells the pool this member leaves for good, waiting up to timeout for

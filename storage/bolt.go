@@ -70,12 +70,14 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.InitialMmapSize == 0 {
 		opts.InitialMmapSize = 1 << 30
 	}
-	_ = os.Remove(path + ".restore")
 	e := &Bolt{path: path, opts: opts}
 	db, err := e.open(path)
 	if err != nil {
 		return nil, err
 	}
+	// Only once the file's lock is ours: a second process started on the
+	// same DataDir by mistake must not delete a running Restore's file.
+	_ = os.Remove(path + ".restore")
 	e.db = db
 	if err := e.loadApplied(); err != nil {
 		db.Close()
