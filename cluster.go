@@ -107,7 +107,7 @@ func (s *Store) joinLoop() {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	marked := false
-	for {
+	for n := 0; ; n++ {
 		select {
 		case <-s.ctx.Done():
 			return
@@ -116,12 +116,52 @@ func (s *Store) joinLoop() {
 		if len(s.cfg.Join) > 0 && len(s.gossip.Members()) <= 1 {
 			s.gossip.Join(s.cfg.Join)
 		}
+		if n%5 == 4 {
+			s.reconnect(n / 5)
+		}
+		if s.isClosed() {
+			return
+		}
 		if !marked && s.raft.LastIndex() > 0 {
 			if err := s.gossip.SetMeta(s.meta(true)); err == nil {
 				marked = true
+			} else {
+				s.logger.Debug("gossip metadata update failed", "error", err)
 			}
 		}
 		s.adoptCluster()
+	}
+}
+
+// reconnect tries to join again the members gossip holds dead that are
+// still in the Raft configuration, as serf's reconnect does for Consul:
+// after a partition heals, memberlist never probes a member it declared
+// dead, and both sides could hold each other dead for good.
+//
+// One member per call (round robin by turn), so that a member that is
+// really gone costs at most one join timeout per round.
+func (s *Store) reconnect(turn int) {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	inConf := map[string]bool{}
+	for _, srv := range f.Configuration().Servers {
+		inConf[string(srv.ID)] = true
+	}
+	var addrs []string
+	for _, m := range s.gossip.Members() {
+		if m.Status == discovery.StatusDead && inConf[m.ID] && m.GossipAddr != "" {
+			addrs = append(addrs, m.GossipAddr)
+		}
+	}
+	if len(addrs) == 0 || s.isClosed() {
+		return
+	}
+	sort.Strings(addrs)
+	addr := addrs[turn%len(addrs)]
+	if s.gossip.Join([]string{addr}) > 0 {
+		s.logger.Info("reconnected to a member gossip held dead", "gossip_addr", addr)
 	}
 }
 

@@ -625,7 +625,11 @@ type addressBook struct{ s *Store }
 
 func (a addressBook) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 	if a.s.gossip != nil {
-		if m, ok := a.s.gossip.Lookup(string(id)); ok && m.Addr != "" && m.Status <= discovery.StatusSuspect {
+		// Whatever gossip last heard is the best guess, even from a member
+		// it considers dead: after a partition members can hold each other
+		// dead while they are fine, and the address in the Raft
+		// configuration may be older still.
+		if m, ok := a.s.gossip.Lookup(string(id)); ok && m.Addr != "" {
 			return raft.ServerAddress(m.Addr), nil
 		}
 	}

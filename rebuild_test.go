@@ -14,24 +14,34 @@ import (
 	kv "github.com/cohortkv/kv"
 )
 
-// damageFile overwrites n bytes at the first occurrence of marker in path.
+// damageFile overwrites two bytes inside every occurrence of marker in path
+// (bbolt leaves stale copies of rewritten pages in freed space, so the live
+// copy need not be the first).
 func damageFile(t *testing.T, path string, marker []byte) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	off := bytes.Index(data, marker)
-	if off < 0 {
-		t.Fatalf("marker %q not found in %s", marker, path)
-	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := f.WriteAt([]byte("##"), int64(off+2)); err != nil {
-		t.Fatal(err)
+	found := 0
+	for off := 0; ; off++ {
+		i := bytes.Index(data[off:], marker)
+		if i < 0 {
+			break
+		}
+		off += i
+		if _, err := f.WriteAt([]byte("##"), int64(off+2)); err != nil {
+			t.Fatal(err)
+		}
+		found++
+	}
+	if found == 0 {
+		t.Fatalf("marker %q not found in %s", marker, path)
 	}
 }
 

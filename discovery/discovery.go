@@ -178,6 +178,9 @@ func Start(cfg Config) (*Pool, error) {
 	mc.Merge = (*guard)(p)
 	mc.Alive = (*guard)(p)
 	mc.Logger = logging.StdLog(cfg.Logger, "memberlist")
+	// Bounds a join or push/pull to an unreachable address (LAN default
+	// 10 s), so that reconnect attempts and Close stay prompt.
+	mc.TCPTimeout = 3 * time.Second
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: start gossip on %s: %w", cfg.BindAddr, err)
@@ -256,7 +259,8 @@ func (p *Pool) SetMeta(m Meta) error {
 	p.meta = b
 	p.cluster = m.ClusterID
 	p.mu.Unlock()
-	return p.ml.UpdateNode(5 * time.Second)
+	// Bounded: after Shutdown memberlist waits the whole timeout.
+	return p.ml.UpdateNode(time.Second)
 }
 
 // Changed returns a channel that is closed at the next membership change.

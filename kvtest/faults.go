@@ -47,47 +47,43 @@ func (f *fabric) update(fn func()) {
 	f.changed = make(chan struct{})
 }
 
-// state returns whether from→to is cut, the latency and loss, and a
-// channel closed at the next change.
-func (f *fabric) state(from, to int) (cut bool, latency time.Duration, loss float64, changed <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.cut[[2]int{from, to}], f.latency, f.loss, f.changed
-}
-
-func (f *fabric) peer(addr string) (int, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	i, ok := f.owner[addr]
-	return i, ok
-}
-
 // dialer returns the kv.Config.Dial hook of member i.
 func (f *fabric) dialer(i int) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		j, known := f.peer(addr)
-		if known {
-			if cut, _, _, _ := f.state(i, j); cut {
-				return nil, &net.OpError{Op: "dial", Net: network, Err: errPartitioned}
-			}
+		if cut, _, _, _ := f.stateTo(i, addr); cut {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: errPartitioned}
 		}
 		c, err := d.DialContext(ctx, network, addr)
-		if err != nil || !known {
-			return c, err
+		if err != nil {
+			return nil, err
 		}
-		return newFaultConn(f, c, i, j), nil
+		return newFaultConn(f, c, i, addr), nil
 	}
 }
 
-// faultConn is a connection from member `from` to member `to` that stalls
+// stateTo is state for the member that owns addr, looked up now: a member
+// learns a peer's address by gossip while the peer is still opening,
+// before the Cluster has recorded it. An address nobody owns has no faults.
+func (f *fabric) stateTo(from int, addr string) (cut bool, latency time.Duration, loss float64, changed <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	to, ok := f.owner[addr]
+	if !ok {
+		return false, 0, 0, f.changed
+	}
+	return f.cut[[2]int{from, to}], f.latency, f.loss, f.changed
+}
+
+// faultConn is a connection from member `from` to the member at addr that stalls
 // while the two are partitioned (bytes are held, not lost, as TCP would),
 // is delayed by the latency, and is reset with the loss probability per
 // write.
 type faultConn struct {
 	net.Conn
-	f        *fabric
-	from, to int
+	f    *fabric
+	from int
+	addr string // the owner is looked up on every use
 
 	mu            sync.Mutex
 	readDeadline  time.Time
@@ -97,14 +93,14 @@ type faultConn struct {
 	closeOnce     sync.Once
 }
 
-func newFaultConn(f *fabric, c net.Conn, from, to int) *faultConn {
-	return &faultConn{Conn: c, f: f, from: from, to: to, closed: make(chan struct{})}
+func newFaultConn(f *fabric, c net.Conn, from int, addr string) *faultConn {
+	return &faultConn{Conn: c, f: f, from: from, addr: addr, closed: make(chan struct{})}
 }
 
 // pass waits while the link is cut; it fails on close or at the deadline.
 func (c *faultConn) pass(deadline func() time.Time) error {
 	for {
-		cut, _, _, changed := c.f.state(c.from, c.to)
+		cut, _, _, changed := c.f.stateTo(c.from, c.addr)
 		if !cut {
 			return nil
 		}
@@ -163,7 +159,7 @@ func (c *faultConn) Write(b []byte) (int, error) {
 	if err := c.pass(c.wdl); err != nil {
 		return 0, err
 	}
-	_, latency, loss, _ := c.f.state(c.from, c.to)
+	_, latency, loss, _ := c.f.stateTo(c.from, c.addr)
 	if loss > 0 && rand.Float64() < loss {
 		c.Close()
 		return 0, &net.OpError{Op: "write", Net: "tcp", Err: errors.New("kvtest: connection reset (simulated loss)")}
@@ -221,11 +217,7 @@ func (f *fabric) wrapGossip(i int) func(memberlist.NodeAwareTransport) memberlis
 
 // drop says whether a packet to addr is lost, after waiting the latency.
 func (g *gossipTransport) drop(addr string) bool {
-	j, ok := g.f.peer(addr)
-	if !ok {
-		return false
-	}
-	cut, latency, loss, _ := g.f.state(g.i, j)
+	cut, latency, loss, _ := g.f.stateTo(g.i, addr)
 	if cut || loss > 0 && rand.Float64() < loss {
 		return true
 	}
@@ -250,18 +242,14 @@ func (g *gossipTransport) WriteToAddress(b []byte, addr memberlist.Address) (tim
 }
 
 func (g *gossipTransport) dial(addr string, dial func() (net.Conn, error)) (net.Conn, error) {
-	j, ok := g.f.peer(addr)
-	if !ok {
-		return dial()
-	}
-	if cut, _, _, _ := g.f.state(g.i, j); cut {
+	if cut, _, _, _ := g.f.stateTo(g.i, addr); cut {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errPartitioned}
 	}
 	c, err := dial()
 	if err != nil {
 		return nil, err
 	}
-	return newFaultConn(g.f, c, g.i, j), nil
+	return newFaultConn(g.f, c, g.i, addr), nil
 }
 
 func (g *gossipTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
