@@ -150,3 +150,28 @@ func TestStart_WithoutTestingTB(t *testing.T) {
 		t.Fatal("node still present after Close")
 	}
 }
+
+func TestCluster_SecureAndStop(t *testing.T) {
+	c := kvtest.NewCluster(t, 3, kvtest.Secure(), kvtest.InMemory())
+	if c.CA() == nil || len(c.GossipKey()) != 32 || c.Config(0).TLS == nil {
+		t.Fatal("Secure cluster without CA, gossip key or TLS config")
+	}
+	ctx := ctxT(t, 30*time.Second)
+	if err := c.Node(1).Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	f := (c.Leader() + 1) % 3
+	c.Stop(f)
+	if c.Node(f) != nil {
+		t.Fatal("stopped node still returned")
+	}
+	c.Stop(f) // idempotent
+	c.Kill(f) // no-op on a stopped node
+	l := c.Leader()
+	if got := mustGet(t, c.Node(l), "k"); got != "v" {
+		t.Fatalf("k = %q", got)
+	}
+	if _, err := c.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
