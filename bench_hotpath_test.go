@@ -1,0 +1,274 @@
+package kv
+
+// Micro-benchmarks of the hot paths (issue 6). The side-by-side comparison
+// with etcd and raw hashicorp/raft is the separate module in bench/.
+//
+//	go test -run '^$' -bench Hot -benchtime 100x .   # a quick pass, well under a minute
+//	go test -run '^$' -bench Hot .                   # real numbers
+//
+// This file is in package kv so that the unexported state machine and
+// command codec are reachable; for the same reason it cannot import kvtest
+// (kvtest imports kv), so BenchmarkHotCluster opens its 3 members with Open
+// directly, as kvtest does, without the fault-injection hooks.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/internal/logging"
+	"github.com/cohortkv/kv/storage"
+)
+
+const (
+	hotKeys      = 10_000
+	hotValueSize = 100
+)
+
+func hotKey(i int) string { return fmt.Sprintf("k%015x", uint64(i)*0x9e3779b97f4a7c15>>4) }
+
+func hotValue() []byte {
+	v := make([]byte, hotValueSize)
+	for i := range v {
+		v[i] = 'a' + byte(i%26)
+	}
+	return v
+}
+
+func hotCommand(b *testing.B, ops int, rng *rand.Rand) []byte {
+	b.Helper()
+	c := command{Ops: make([]op, ops)}
+	v := hotValue()
+	for i := range c.Ops {
+		c.Ops[i] = op{Kind: opSet, Key: hotKey(rng.IntN(hotKeys)), Value: v}
+	}
+	cmd, err := encodeCommand(&c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cmd
+}
+
+// BenchmarkHotFSMApplyBatch: the state machine applying what raft hands it
+// in one call, on a bbolt data file in a temp dir, durable (fsync per
+// call), as a Store runs it. entries is the number of log entries per call,
+// ops the writes per entry (a group-committed entry carries many).
+func BenchmarkHotFSMApplyBatch(b *testing.B) {
+	for _, shape := range []struct{ entries, ops int }{{1, 1}, {1, 256}, {16, 16}} {
+		b.Run(fmt.Sprintf("entries=%d/ops=%d", shape.entries, shape.ops), func(b *testing.B) {
+			eng, err := storage.OpenBolt(filepath.Join(b.TempDir(), "data.db"), storage.BoltOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { eng.Close() })
+			stop := make(chan struct{})
+			b.Cleanup(func() { close(stop) })
+			f := newFSM(eng, logging.Discard(), stop)
+			rng := rand.New(rand.NewPCG(1, 2))
+			// A few distinct commands, reused: encoding is not measured here.
+			cmds := make([][]byte, 8)
+			for i := range cmds {
+				cmds[i] = hotCommand(b, shape.ops, rng)
+			}
+			var index uint64
+			batch := func() []*raft.Log {
+				logs := make([]*raft.Log, shape.entries)
+				for i := range logs {
+					index++
+					logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: cmds[int(index)%len(cmds)]}
+				}
+				return logs
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				logs := batch()
+				b.StartTimer()
+				for i, r := range f.ApplyBatch(logs) {
+					if r != nil {
+						b.Fatalf("entry %d: %v", i, r)
+					}
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*shape.entries*shape.ops), "ns/write")
+		})
+	}
+}
+
+// BenchmarkHotEncodeCommand and BenchmarkHotDecodeCommand: the log entry
+// codec, for one write (a lone Set) and for a group-committed entry of 256.
+func BenchmarkHotEncodeCommand(b *testing.B) {
+	for _, ops := range []int{1, 256} {
+		b.Run(fmt.Sprintf("ops=%d", ops), func(b *testing.B) {
+			rng := rand.New(rand.NewPCG(3, 4))
+			c := command{Ops: make([]op, ops)}
+			v := hotValue()
+			for i := range c.Ops {
+				c.Ops[i] = op{Kind: opSet, Key: hotKey(rng.IntN(hotKeys)), Value: v}
+			}
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := encodeCommand(&c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkHotDecodeCommand(b *testing.B) {
+	for _, ops := range []int{1, 256} {
+		b.Run(fmt.Sprintf("ops=%d", ops), func(b *testing.B) {
+			cmd := hotCommand(b, ops, rand.New(rand.NewPCG(5, 6)))
+			b.SetBytes(int64(len(cmd)))
+			b.ReportAllocs()
+			for range b.N {
+				c, err := decodeCommand(cmd)
+				if err != nil || len(c.Ops) != ops {
+					b.Fatal(len(c.Ops), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHotCluster runs on one 3-member cluster on 127.0.0.1 with real
+// files (fsync on) and default timeouts, built once for its sub-benchmarks:
+//
+//	set-forwarded  Set on a follower, forwarded to the leader (RunParallel)
+//	set-leader     Set on the leader, for comparison (RunParallel)
+//	get-stale      Get with Stale() on a follower: a local read
+//	get-stale-parallel  the same from GOMAXPROCS*8 goroutines
+//
+// get-stale's allocs/op includes the returned value (1 allocation).
+func BenchmarkHotCluster(b *testing.B) {
+	dir := b.TempDir()
+	var stores []*Store
+	b.Cleanup(func() {
+		for _, s := range stores {
+			s.Close()
+		}
+	})
+	for i := range 3 {
+		cfg := Config{
+			NodeID:          fmt.Sprintf("hot%d", i),
+			DataDir:         filepath.Join(dir, fmt.Sprintf("hot%d", i)),
+			BootstrapExpect: 3,
+		}
+		if i > 0 {
+			cfg.Join = []string{stores[0].GossipAddr()}
+		}
+		s, err := Open(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stores = append(stores, s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	leader, follower := hotLeader(ctx, b, stores)
+	value := hotValue()
+	// Load the keys through the leader, and make sure the follower has them.
+	errc := make(chan error, 64)
+	for g := range 64 {
+		go func() {
+			for i := g; i < hotKeys; i += 64 {
+				if err := leader.Set(ctx, hotKey(i), value); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 64 {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := follower.Get(ctx, hotKey(hotKeys-1)); err != nil {
+		b.Fatal(err)
+	}
+
+	parallelSet := func(s *Store) func(b *testing.B) {
+		return func(b *testing.B) {
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				rng := rand.New(rand.NewPCG(rand.Uint64(), 7))
+				for pb.Next() {
+					if err := s.Set(ctx, hotKey(rng.IntN(hotKeys)), value); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	b.Run("set-forwarded", parallelSet(follower))
+	b.Run("set-leader", parallelSet(leader))
+	b.Run("get-stale", func(b *testing.B) {
+		keys := make([]string, 1024)
+		for i := range keys {
+			keys[i] = hotKey(i * 7 % hotKeys)
+		}
+		stale := Stale()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			v, err := follower.Get(ctx, keys[i%len(keys)], stale)
+			if err != nil || len(v) != hotValueSize {
+				b.Fatal(len(v), err)
+			}
+		}
+	})
+	b.Run("get-stale-parallel", func(b *testing.B) {
+		stale := Stale()
+		b.SetParallelism(8)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rng := rand.New(rand.NewPCG(rand.Uint64(), 8))
+			keys := make([]string, 1024)
+			for i := range keys {
+				keys[i] = hotKey(rng.IntN(hotKeys))
+			}
+			i := 0
+			for pb.Next() {
+				v, err := follower.Get(ctx, keys[i%len(keys)], stale)
+				if err != nil || len(v) != hotValueSize {
+					b.Error(len(v), err)
+					return
+				}
+				i++
+			}
+		})
+	})
+}
+
+// hotLeader waits until one member leads and serves linearizable reads, and
+// returns it and a follower.
+func hotLeader(ctx context.Context, b *testing.B, stores []*Store) (leader, follower *Store) {
+	for {
+		for i, s := range stores {
+			if s.Stats().State != StateLeader {
+				continue
+			}
+			if _, err := s.Get(ctx, "hot-probe"); err == nil || errors.Is(err, ErrNotFound) {
+				return s, stores[(i+1)%len(stores)]
+			}
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatal("no leader:", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
