@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -77,6 +78,22 @@ type LogStore struct {
 	writeMu sync.Mutex
 	wbuf    []byte
 	keyBuf  [8]byte
+
+	// read counts the bytes read through the file's mapping since the last
+	// releaseMapped (see readMapped).
+	read atomic.Int64
+}
+
+// readMapped counts n bytes read through the mapping of tx and, every
+// releaseEvery bytes, drops the pages read from this process's resident
+// memory (see releaseMapped; the open tx keeps the mapping in place).
+// Raft reads the whole log after the last snapshot as it starts, and every
+// entry a follower needs; the pages would otherwise stay counted in RSS.
+func (s *LogStore) readMapped(tx *bolt.Tx, n int) {
+	if s.read.Add(int64(n)) >= releaseEvery {
+		s.read.Store(0)
+		_ = releaseMapped(s.path, tx.DB().Info().Data)
+	}
 }
 
 // LogStoreOptions configures OpenLogStore.
@@ -120,6 +137,9 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: init log store %s: %w", path, err)
 	}
+	// A file without a synced freelist made bolt.Open read every page: drop
+	// them from resident memory (see releaseMapped).
+	_ = releaseMapped(path, db.Info().Data)
 	return &LogStore{db: db, path: path}, nil
 }
 
@@ -202,6 +222,9 @@ func (s *LogStore) Verify(from uint64) error {
 	var start [8]byte
 	binary.BigEndian.PutUint64(start[:], from)
 	err := s.view(func(tx *bolt.Tx) error {
+		// The tail can be most of the file: drop what it read from
+		// resident memory as it goes (the transaction keeps the mapping).
+		defer func() { _ = releaseMapped(s.path, tx.DB().Info().Data) }()
 		c := tx.Bucket(logStoreBucketLogs).Cursor()
 		var l raft.Log
 		want := uint64(0)
@@ -217,6 +240,7 @@ func (s *LogStore) Verify(from uint64) error {
 				return err
 			}
 			want = idx + 1
+			s.readMapped(tx, len(v))
 		}
 		return nil
 	})
@@ -240,7 +264,9 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 		}
 		found = true
 		// decodeLog copies Data and Extensions out of the mmap.
-		return decodeLog(index, v, log)
+		err := decodeLog(index, v, log)
+		s.readMapped(tx, len(v))
+		return err
 	})
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
