@@ -131,6 +131,12 @@ type fsm struct {
 	// stopped: from then on nothing is applied or snapshotted, so that no
 	// later index can cover the hole.
 	abandoned atomic.Bool
+
+	// Bytes of entries applied since the last snapshot; past snapBytes
+	// one signal on wantSnap asks the Store for a snapshot.
+	sinceSnap atomic.Uint64
+	snapBytes uint64
+	wantSnap  chan struct{}
 }
 
 var (
@@ -139,7 +145,7 @@ var (
 )
 
 func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}) *fsm {
-	return &fsm{eng: eng, logger: logger, stop: stop, applied: make(chan struct{})}
+	return &fsm{eng: eng, logger: logger, stop: stop, applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
 }
 
 // Apply implements raft.FSM.
@@ -207,6 +213,18 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	f.notify()
+	if f.snapBytes > 0 {
+		var n uint64
+		for _, l := range logs {
+			n += uint64(len(l.Data))
+		}
+		if f.sinceSnap.Add(n) >= f.snapBytes {
+			select {
+			case f.wantSnap <- struct{}{}:
+			default:
+			}
+		}
+	}
 	return resp
 }
 
@@ -257,6 +275,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.sinceSnap.Store(0)
 	return &fsmSnapshot{s: s}, nil
 }
 

@@ -168,6 +168,7 @@ func (s *Store) open() error {
 		}
 	}
 	s.fsm = newFSM(s.eng, s.logger, s.raftStop)
+	s.fsm.snapBytes = cfg.SnapshotBytes
 
 	// Transport.
 	ln, err := net.Listen("tcp", cfg.BindAddr)
@@ -294,6 +295,7 @@ func (s *Store) open() error {
 	})
 	s.goFunc(s.joinLoop)
 	s.goRaft(s.leaderLoop)
+	s.goRaft(s.snapshotLoop)
 	return nil
 }
 
@@ -393,6 +395,24 @@ func (s *Store) catchUpFromSnapshot() error {
 	}
 	s.logger.Info("data file restored from snapshot", "snapshot", m.ID, "index", m.Index)
 	return nil
+}
+
+// snapshotLoop takes a snapshot when the state machine has applied
+// Config.SnapshotBytes of log since the last one (raft's own trigger counts
+// entries only).
+func (s *Store) snapshotLoop() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.fsm.wantSnap:
+		}
+		if err := s.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			s.logger.Warn("snapshot by log size failed", "error", err)
+		} else if err == nil {
+			s.logger.Info("snapshot taken: log size since the last one reached SnapshotBytes", "bytes", s.cfg.SnapshotBytes)
+		}
+	}
 }
 
 // removePartialSnapshots deletes snapshots/*.tmp: snapshots that a crash

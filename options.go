@@ -37,6 +37,11 @@ const (
 	// DefaultSnapshotThreshold is how many log entries past the last snapshot
 	// trigger a new one.
 	DefaultSnapshotThreshold = 8192
+	// DefaultSnapshotBytes is how many bytes of log entries applied since the
+	// last snapshot trigger a new one, whatever their count: group commit
+	// packs up to 4 MiB of writes into one entry, so a count alone lets a
+	// bulk load leave the whole data set in the log for a restart to replay.
+	DefaultSnapshotBytes = 128 << 20
 	// DefaultSnapshotInterval is how often the threshold is checked.
 	DefaultSnapshotInterval = 2 * time.Minute
 	// DefaultTrailingLogs is how many entries a snapshot leaves in the log,
@@ -125,6 +130,8 @@ type Config struct {
 	LeaderLeaseTimeout time.Duration
 	// SnapshotThreshold: default DefaultSnapshotThreshold.
 	SnapshotThreshold uint64
+	// SnapshotBytes: default DefaultSnapshotBytes.
+	SnapshotBytes uint64
 	// SnapshotInterval: default DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
 	// TrailingLogs: default DefaultTrailingLogs.
@@ -237,6 +244,9 @@ func (c Config) withDefaults() (Config, error) {
 	dur(&c.StabilizationTime, DefaultStabilizationTime)
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		return c, fmt.Errorf("%w: LeaderLeaseTimeout %v above HeartbeatTimeout %v", ErrInvalidConfig, c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.SnapshotBytes == 0 {
+		c.SnapshotBytes = DefaultSnapshotBytes
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = DefaultSnapshotThreshold

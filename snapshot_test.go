@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -98,4 +99,36 @@ func TestCluster_FollowerCatchesUpThroughSnapshot(t *testing.T) {
 	c.open(f)
 	check(c.nodes[f], false)
 	check(c.nodes[f], true)
+}
+
+// Few large entries (group commit packs many writes into one) still
+// trigger a snapshot once their bytes reach SnapshotBytes, so that a restart
+// does not replay the whole data set from the log.
+func TestStore_SnapshotByLogBytes(t *testing.T) {
+	cfg := fastConfig(t, t.TempDir(), "solo", 1, nil)
+	cfg.SnapshotBytes = 256 << 10
+	s, err := kv.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := ctxT(t, 30*time.Second)
+	if err := s.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Stats().LastSnapshotIndex; got != 0 {
+		t.Fatalf("snapshot before any write: %d", got)
+	}
+	value := bytes.Repeat([]byte("v"), 4<<10)
+	for i := 0; i < 100; i++ { // 400 KiB of values
+		if err := s.Set(ctx, fmt.Sprintf("k%03d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for s.Stats().LastSnapshotIndex == 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("no snapshot after %d KiB of log (SnapshotBytes 256 KiB): %+v", 400, s.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
