@@ -105,21 +105,28 @@ func (c *faultConn) pass(deadline func() time.Time) error {
 			return nil
 		}
 		var timeout <-chan time.Time
+		var t *time.Timer
 		if dl := deadline(); !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {
 				return os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			defer t.Stop()
+			t = time.NewTimer(d)
 			timeout = t.C
 		}
+		var err error
 		select {
 		case <-changed:
 		case <-c.closed:
-			return net.ErrClosed
+			err = net.ErrClosed
 		case <-timeout:
-			return os.ErrDeadlineExceeded
+			err = os.ErrDeadlineExceeded
+		}
+		if t != nil {
+			t.Stop() // not deferred: the loop may go round many times
+		}
+		if err != nil {
+			return err
 		}
 	}
 }

@@ -49,8 +49,11 @@ type options struct {
 func InMemory() Option { return func(o *options) { o.inMemory = true } }
 
 // Configure lets the test adjust member i's Config (timeouts, limits,
-// snapshot thresholds) before it opens. NodeID, DataDir, addresses, Join,
-// BootstrapExpect and the fault hooks are set by the Cluster.
+// snapshot thresholds, NodeID) before it first opens. It runs after the
+// Cluster has filled in its defaults (NodeID node<i>, DataDir under the
+// cluster's directory, 127.0.0.1 addresses, BootstrapExpect n, the fault
+// hooks); Join is set after it. Replacing Dial or WrapGossipTransport takes
+// that member's traffic out of the fault injection.
 func Configure(fn func(i int, cfg *kv.Config)) Option {
 	return func(o *options) { o.configure = fn }
 }
