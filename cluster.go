@@ -113,7 +113,13 @@ func (s *Store) joinLoop() {
 			return
 		case <-tick.C:
 		}
-		if len(s.cfg.Join) > 0 && len(s.gossip.Members()) <= 1 {
+		if len(s.cfg.Join) > 0 && (len(s.gossip.Members()) <= 1 || (n%2 == 1 && s.peerUnheard())) {
+			// Push/pull with the seeds: after a whole-cluster restart
+			// on new ports, the gossip of a member's new incarnation can
+			// miss an instance (it spreads to random members, some of
+			// them the dead old incarnations) until the next periodic
+			// push/pull, 30 s away; a seed that saw it join knows it.
+			// Every other tick: a seed that is down costs a timeout.
 			s.gossip.Join(s.cfg.Join)
 		}
 		if n%5 == 4 {
@@ -131,6 +137,24 @@ func (s *Store) joinLoop() {
 		}
 		s.adoptCluster()
 	}
+}
+
+// peerUnheard says whether a member of the Raft configuration other than
+// this one has no incarnation gossip holds alive.
+func (s *Store) peerUnheard() bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == s.cfg.NodeID {
+			continue
+		}
+		if m, ok := s.gossip.Lookup(string(srv.ID)); !ok || m.Status != discovery.StatusAlive {
+			return true
+		}
+	}
+	return false
 }
 
 // reconnect tries to join again the members gossip holds dead that are
