@@ -56,10 +56,24 @@ type Bolt struct {
 	path string
 	opts BoltOptions
 
-	mu      sync.RWMutex // guards db against Restore's swap
-	db      *bolt.DB
-	applied atomic.Uint64
-	closed  bool
+	// Lock order: wmu, then fmu, then mu.
+	wmu sync.Mutex   // one Update, layer swap or Restore at a time
+	fmu sync.Mutex   // one commit of a layer into the file at a time
+	mu  sync.RWMutex // guards the fields below; readers hold it to capture them and begin a file transaction together
+
+	db       *bolt.DB
+	closed   bool
+	pending  *layer // writes since the last swap; never nil while open
+	flushing *layer // the layer being committed, or nil
+	flushErr error  // the last failed commit, until one succeeds
+
+	applied atomic.Uint64 // the last Update, in memory
+	durable atomic.Uint64 // the applied index the file records
+
+	kick     chan struct{} // asks the committer for a commit now
+	stop     chan struct{} // closed by Close
+	stopOnce sync.Once
+	done     chan struct{} // closed when the committer returns
 }
 
 var _ Engine = (*Bolt)(nil)
@@ -70,7 +84,8 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.InitialMmapSize == 0 {
 		opts.InitialMmapSize = 1 << 30
 	}
-	e := &Bolt{path: path, opts: opts}
+	e := &Bolt{path: path, opts: opts, pending: newLayer(),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	db, err := e.open(path)
 	if err != nil {
 		return nil, err
@@ -83,6 +98,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		db.Close()
 		return nil, err
 	}
+	go e.committer()
 	return e, nil
 }
 
@@ -156,6 +172,7 @@ func (e *Bolt) loadAppliedTx() error {
 		default:
 			return fmt.Errorf("%w %s: applied index of %d bytes", ErrCorruptData, e.path, len(v))
 		}
+		e.durable.Store(e.applied.Load())
 		return nil
 	})
 }
@@ -166,56 +183,193 @@ func (e *Bolt) Path() string { return e.path }
 // AppliedIndex implements Engine.
 func (e *Bolt) AppliedIndex() uint64 { return e.applied.Load() }
 
-// Update implements Engine.
+// Update implements Engine. The writes are visible to every reader when it
+// returns, and reach the file with a later commit (see flushInterval).
 func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if e.closed {
-		return ErrClosed
-	}
-	err := e.guard(func() error {
-		return e.db.Update(func(tx *bolt.Tx) error {
-			btx := e.tx(tx)
-			err := fn(btx)
-			if *btx.err != nil {
-				return *btx.err // a damaged record was read: keep nothing
-			}
-			if err != nil {
-				return err
-			}
-			var buf [8]byte
-			binary.BigEndian.PutUint64(buf[:], index)
-			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
-		})
-	})
-	if err != nil {
-		if errors.Is(err, ErrCorrupt) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.pendingBytes() >= maxPendingBytes {
+		// The committer cannot keep up, or the file cannot be written:
+		// commit here, and fail while that fails.
+		if err := e.flushAll(); err != nil {
 			return err
 		}
-		return fmt.Errorf("storage: write %s: %w", e.path, err)
 	}
+	var next *layer
+	err := e.view(func(p, f *layer, file boltTx) error {
+		next = &layer{t: p.t.Clone(), index: p.index, bytes: p.bytes, since: p.since}
+		tx := writeLayerTx{layeredTx: layeredTx{top: next, mid: f, file: file}, next: next}
+		err := fn(tx)
+		if *file.err != nil {
+			return *file.err // a damaged record was read: keep nothing
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	next.index = index
+	if next.since.IsZero() {
+		next.since = time.Now()
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.pending = next
+	e.mu.Unlock()
 	e.applied.Store(index)
+	if next.bytes >= flushBytes {
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
+	}
 	return nil
+}
+
+func (e *Bolt) pendingBytes() int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.pending.bytes
 }
 
 // View implements Engine.
 func (e *Bolt) View(fn func(ReadTx) error) error {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if e.closed {
-		return ErrClosed
-	}
-	return e.guard(func() error {
-		return e.db.View(func(tx *bolt.Tx) error {
-			btx := e.tx(tx)
-			err := fn(btx)
-			if *btx.err != nil {
-				return *btx.err
-			}
-			return err
-		})
+	return e.view(func(p, f *layer, file boltTx) error {
+		err := fn(layeredTx{top: p, mid: f, file: file})
+		if *file.err != nil {
+			return *file.err
+		}
+		return err
 	})
 }
+
+// view captures the layers and begins a read transaction of the file
+// together (a commit that lands in between cannot be seen twice or
+// missed: dropping a committed layer takes mu), then runs fn on them.
+func (e *Bolt) view(fn func(p, f *layer, file boltTx) error) error {
+	e.mu.RLock()
+	if e.closed {
+		e.mu.RUnlock()
+		return ErrClosed
+	}
+	p, f, db := e.pending, e.flushing, e.db
+	tx, err := db.Begin(false)
+	e.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("storage: read %s: %w", e.path, err)
+	}
+	defer tx.Rollback()
+	return e.guard(func() error { return fn(p, f, e.tx(tx)) })
+}
+
+// committer commits the pending layer every flushInterval, or when Update
+// asks, until Close. Owned by the Bolt.
+func (e *Bolt) committer() {
+	defer close(e.done)
+	tick := time.NewTicker(flushInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-tick.C:
+		case <-e.kick:
+		}
+		e.wmu.Lock()
+		e.mu.RLock()
+		due := e.flushing == nil && !e.pending.empty() &&
+			(e.pending.bytes >= flushBytes || time.Since(e.pending.since) >= flushInterval)
+		e.mu.RUnlock()
+		if due {
+			e.swap()
+		}
+		e.wmu.Unlock()
+		e.fmu.Lock()
+		_ = e.commitFlushing() // on failure it stays, and is retried
+		e.fmu.Unlock()
+	}
+}
+
+// swap makes the pending layer the one to commit. The caller holds wmu, and
+// no layer is being committed.
+func (e *Bolt) swap() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.flushing == nil && !e.pending.empty() {
+		e.flushing, e.pending = e.pending, newLayer()
+	}
+}
+
+// commitFlushing writes the flushing layer into the file in one transaction
+// that also records its index, then drops it. The caller holds fmu.
+func (e *Bolt) commitFlushing() error {
+	e.mu.RLock()
+	f, db, closed := e.flushing, e.db, e.closed
+	e.mu.RUnlock()
+	if f == nil || closed {
+		return nil
+	}
+	err := e.guard(func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			file := e.tx(tx)
+			var err error
+			f.t.Ascend(func(it layerItem) bool {
+				if it.del {
+					err = file.Delete(it.key)
+				} else {
+					err = file.Put(it.key, it.value)
+				}
+				return err == nil
+			})
+			if err != nil {
+				return err
+			}
+			var buf [8]byte
+			binary.BigEndian.PutUint64(buf[:], f.index)
+			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
+		})
+	})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			err = fmt.Errorf("storage: write %s: %w", e.path, err)
+		}
+		e.flushErr = err
+		return err
+	}
+	e.flushing, e.flushErr = nil, nil
+	e.durable.Store(f.index)
+	return nil
+}
+
+// flushAll commits every layer: the one being committed, then the pending
+// one. The caller holds wmu.
+func (e *Bolt) flushAll() error {
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
+	if err := e.commitFlushing(); err != nil {
+		return err
+	}
+	e.swap()
+	return e.commitFlushing()
+}
+
+// Flush commits every write made so far to the file. Snapshot and Close
+// do it too; it is for callers that want the file current now.
+func (e *Bolt) Flush() error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	return e.flushAll()
+}
+
+// DurableIndex returns the applied index the file itself records: what the
+// engine reopens at after a crash. It trails AppliedIndex by the writes not
+// yet committed.
+func (e *Bolt) DurableIndex() uint64 { return e.durable.Load() }
 
 // tx wraps a bbolt transaction as a ReadTx/WriteTx of this file.
 func (e *Bolt) tx(tx *bolt.Tx) boltTx {
@@ -227,8 +381,14 @@ func (e *Bolt) guard(fn func() error) error {
 	return guard(e.path, "data file", fn)
 }
 
-// Snapshot implements Engine. The view is a bbolt read transaction.
+// Snapshot implements Engine. It commits every layer first, then the view
+// is a bbolt read transaction of the file.
 func (e *Bolt) Snapshot() (Snapshot, error) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if err := e.flushAll(); err != nil {
+		return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
+	}
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	if e.closed {
@@ -360,7 +520,12 @@ func (e *Bolt) Restore(r io.Reader) error {
 	// Swap: rename the new file over the old one (the open handle keeps the
 	// old inode), open it, switch readers and writers to it, then close the
 	// old handle, which waits for snapshots still reading it without
-	// blocking anyone else.
+	// blocking anyone else. The layers are dropped: the new file
+	// supersedes them.
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -385,6 +550,7 @@ func (e *Bolt) Restore(r io.Reader) error {
 	}
 	old := e.db
 	e.db = db
+	e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
 	err = e.loadApplied()
 	e.mu.Unlock()
 	if cerr := old.Close(); cerr != nil && err == nil {
@@ -393,15 +559,25 @@ func (e *Bolt) Restore(r io.Reader) error {
 	return err
 }
 
-// Close implements Engine.
+// Close implements Engine: it commits what the layers hold, then closes
+// the file. It is idempotent.
 func (e *Bolt) Close() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
+	e.stopOnce.Do(func() { close(e.stop) })
+	<-e.done
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	e.mu.RLock()
+	closed := e.closed
+	e.mu.RUnlock()
+	if closed {
 		return nil
 	}
+	ferr := e.flushAll()
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.closed = true
-	return e.db.Close()
+	e.pending, e.flushing = newLayer(), nil
+	return errors.Join(ferr, e.db.Close())
 }
 
 func syncDir(dir string) error {
