@@ -258,7 +258,20 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // ReadOption changes how Get and List read.
-type ReadOption struct{ apply func(*readOptions) }
+type ReadOption struct {
+	kind readOptionKind
+	n    int
+	key  string
+}
+
+type readOptionKind uint8
+
+const (
+	optNone readOptionKind = iota
+	optStale
+	optLimit
+	optAfter
+)
 
 type readOptions struct {
 	stale bool
@@ -267,11 +280,18 @@ type readOptions struct {
 	hasAf bool
 }
 
+// collect reads the options without calling through function values, so
+// that a Get allocates nothing for them.
 func collect(opts []ReadOption) readOptions {
 	var ro readOptions
 	for _, o := range opts {
-		if o.apply != nil {
-			o.apply(&ro)
+		switch o.kind {
+		case optStale:
+			ro.stale = true
+		case optLimit:
+			ro.limit = o.n
+		case optAfter:
+			ro.after, ro.hasAf = o.key, true
 		}
 	}
 	return ro
@@ -280,13 +300,11 @@ func collect(opts []ReadOption) readOptions {
 // Stale serves the read from this instance's local state at once, without a
 // round trip to the leader: fast, but possibly behind the latest writes (see
 // the package documentation, # Consistency).
-func Stale() ReadOption { return ReadOption{func(o *readOptions) { o.stale = true }} }
+func Stale() ReadOption { return ReadOption{kind: optStale} }
 
 // Limit makes List return at most n pairs. n <= 0 means no limit.
-func Limit(n int) ReadOption { return ReadOption{func(o *readOptions) { o.limit = n }} }
+func Limit(n int) ReadOption { return ReadOption{kind: optLimit, n: n} }
 
 // After makes List return only keys strictly greater than key: pass the last
 // key of a page to get the next one.
-func After(key string) ReadOption {
-	return ReadOption{func(o *readOptions) { o.after, o.hasAf = key, true }}
-}
+func After(key string) ReadOption { return ReadOption{kind: optAfter, key: key} }

@@ -32,6 +32,23 @@ func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte
 			return nil, err
 		}
 	}
+	if pr, ok := s.eng.(storage.PointReader); ok {
+		b, found, err := pr.Lookup(key, nil)
+		if err != nil {
+			return nil, s.engineErr(err)
+		}
+		if !found {
+			return nil, ErrNotFound
+		}
+		r, err := decodeRecord(b)
+		if err != nil {
+			return nil, err
+		}
+		if r.value == nil {
+			return []byte{}, nil
+		}
+		return r.value, nil // b is a copy: the caller's
+	}
 	var out []byte
 	err := s.eng.View(func(tx storage.ReadTx) error {
 		b, ok := tx.Get([]byte(key))

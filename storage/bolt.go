@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -69,6 +70,8 @@ type Bolt struct {
 
 	applied atomic.Uint64 // the last Update, in memory
 	durable atomic.Uint64 // the applied index the file records
+	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
+	cache   *readCache
 
 	kick     chan struct{} // asks the committer for a commit now
 	stop     chan struct{} // closed by Close
@@ -76,7 +79,10 @@ type Bolt struct {
 	done     chan struct{} // closed when the committer returns
 }
 
-var _ Engine = (*Bolt)(nil)
+var (
+	_ Engine      = (*Bolt)(nil)
+	_ PointReader = (*Bolt)(nil)
+)
 
 // OpenBolt opens (or creates) the bbolt data file at path. A leftover file of
 // an interrupted Restore is removed.
@@ -84,7 +90,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.InitialMmapSize == 0 {
 		opts.InitialMmapSize = 1 << 30
 	}
-	e := &Bolt{path: path, opts: opts, pending: newLayer(),
+	e := &Bolt{path: path, opts: opts, pending: newLayer(), cache: newReadCache(cacheBytes),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	db, err := e.open(path)
 	if err != nil {
@@ -196,7 +202,7 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 		}
 	}
 	var next *layer
-	err := e.view(func(p, f *layer, file boltTx) error {
+	err := e.view(func(p, f *layer, file boltTx, _ uint64) error {
 		next = &layer{t: p.t.Clone(), index: p.index, bytes: p.bytes, since: p.since}
 		tx := writeLayerTx{layeredTx: layeredTx{top: next, mid: f, file: file}, next: next}
 		err := fn(tx)
@@ -237,7 +243,7 @@ func (e *Bolt) pendingBytes() int {
 
 // View implements Engine.
 func (e *Bolt) View(fn func(ReadTx) error) error {
-	return e.view(func(p, f *layer, file boltTx) error {
+	return e.view(func(p, f *layer, file boltTx, _ uint64) error {
 		err := fn(layeredTx{top: p, mid: f, file: file})
 		if *file.err != nil {
 			return *file.err
@@ -249,20 +255,65 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 // view captures the layers and begins a read transaction of the file
 // together (a commit that lands in between cannot be seen twice or
 // missed: dropping a committed layer takes mu), then runs fn on them.
-func (e *Bolt) view(fn func(p, f *layer, file boltTx) error) error {
+//
+// gen is the cache generation the file transaction belongs to.
+func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
 	e.mu.RLock()
 	if e.closed {
 		e.mu.RUnlock()
 		return ErrClosed
 	}
-	p, f, db := e.pending, e.flushing, e.db
+	p, f, db, gen := e.pending, e.flushing, e.db, e.gen.Load()
 	tx, err := db.Begin(false)
 	e.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("storage: read %s: %w", e.path, err)
 	}
 	defer tx.Rollback()
-	return e.guard(func() error { return fn(p, f, e.tx(tx)) })
+	return e.guard(func() error { return fn(p, f, e.tx(tx), gen) })
+}
+
+// Lookup implements PointReader. It looks in the layers, then in a cache of
+// what the file holds, and only then reads the file (in a transaction,
+// caching what it finds).
+func (e *Bolt) Lookup(key string, dst []byte) ([]byte, bool, error) {
+	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // read only
+	e.mu.RLock()
+	closed, p, f := e.closed, e.pending, e.flushing
+	e.mu.RUnlock()
+	if closed {
+		return dst, false, ErrClosed
+	}
+	if !p.empty() || !f.empty() {
+		if v, ok, found := p.get(kb); found {
+			return append(dst, v...), ok, nil
+		}
+		if v, ok, found := f.get(kb); found {
+			return append(dst, v...), ok, nil
+		}
+	}
+	if out, present, hit := e.cache.get(key, dst); hit {
+		return out, present, nil
+	}
+	out, present := dst, false
+	err := e.view(func(p, f *layer, file boltTx, gen uint64) error {
+		if v, ok, found := p.get(kb); found {
+			out, present = append(dst, v...), ok
+			return nil
+		}
+		if v, ok, found := f.get(kb); found {
+			out, present = append(dst, v...), ok
+			return nil
+		}
+		v, ok := file.Get(kb)
+		if *file.err != nil {
+			return *file.err
+		}
+		out, present = append(dst, v...), ok
+		e.cache.put(key, v, ok, gen, &e.gen)
+		return nil
+	})
+	return out, present, err
 }
 
 // committer commits the pending layer every flushInterval, or when Update
@@ -332,6 +383,15 @@ func (e *Bolt) commitFlushing() error {
 			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
 		})
 	})
+	if err == nil {
+		// Before the layer goes: until then readers take these keys from
+		// it, and from then on the cache must not answer for them.
+		e.gen.Add(1)
+		f.t.Ascend(func(it layerItem) bool {
+			e.cache.forget(it.key)
+			return true
+		})
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err != nil {
@@ -551,6 +611,8 @@ func (e *Bolt) Restore(r io.Reader) error {
 	old := e.db
 	e.db = db
 	e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
+	e.gen.Add(1)
+	e.cache.clear()
 	err = e.loadApplied()
 	e.mu.Unlock()
 	if cerr := old.Close(); cerr != nil && err == nil {

@@ -96,6 +96,22 @@ func checkModel(t *testing.T, e Engine, model map[string]string, from string) {
 				t.Fatalf("Get %s = %q %v, want %q %v", k, got, ok, want, wok)
 			}
 		}
+		if pr, ok := e.(PointReader); ok {
+			for i := 0; i < 200; i += 3 {
+				k := fmt.Sprintf("k%03d", i)
+				got, ok, err := pr.Lookup(k, []byte("prefix:"))
+				if err != nil {
+					return err
+				}
+				want, wok := model[k]
+				if !wok {
+					want = ""
+				}
+				if ok != wok || string(got) != "prefix:"+want {
+					t.Fatalf("Lookup %s = %q %v, want %q %v", k, got, ok, "prefix:"+want, wok)
+				}
+			}
+		}
 		// A scan stopped early stops.
 		n := 0
 		if err := tx.Scan([]byte(from), func(k, v []byte) bool { n++; return n < 3 }); err != nil {
@@ -162,6 +178,30 @@ func TestBolt_WriteBehindViewsAreConsistent(t *testing.T) {
 			}
 		}()
 	}
+	// Point reads through the cache never go back in time either.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		last := map[string]int{}
+		for i := 0; ctx.Err() == nil; i++ {
+			k := fmt.Sprintf("key%02d", i%keys)
+			v, ok, err := e.Lookup(k, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if !ok {
+				continue
+			}
+			var seen int
+			fmt.Sscan(string(v), &seen)
+			if seen < last[k] {
+				errs <- fmt.Errorf("Lookup %s saw step %d after step %d", k, seen, last[k])
+				return
+			}
+			last[k] = seen
+		}
+	}()
 	var step uint64
 	for ctx.Err() == nil && step < 20000 {
 		step++
@@ -245,4 +285,90 @@ func TestBolt_RestoreDropsLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	diffPairs(t, "after flush", dump(t, e), []kv{{"after", "w"}, {"new", "z"}})
+}
+
+// TestBolt_LookupCache checks the read cache: hits and misses agree with
+// the file through commits and Restore, and it stays within its budget.
+func TestBolt_LookupCache(t *testing.T) {
+	e := openBolt(t, filepath.Join(t.TempDir(), "data.db"))
+	e.cache = newReadCache(cacheShards * 4096) // a small budget
+	var pairs []kv
+	for i := range 2000 {
+		pairs = append(pairs, kv{fmt.Sprintf("key%04d", i), fmt.Sprintf("value-%04d-%s", i, bytes.Repeat([]byte("x"), 40))})
+	}
+	putAll(t, e, 1, pairs)
+	if err := e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 2; round++ { // the second round hits what the first cached
+		for _, p := range pairs {
+			v, ok, err := e.Lookup(p.k, nil)
+			if err != nil || !ok || string(v) != p.v {
+				t.Fatalf("Lookup %s = %q %v %v", p.k, v, ok, err)
+			}
+		}
+		if _, ok, err := e.Lookup("absent", nil); ok || err != nil {
+			t.Fatalf("Lookup absent = %v %v", ok, err)
+		}
+	}
+	for i := range e.cache.shards {
+		if sh := &e.cache.shards[i]; sh.bytes > e.cache.limit || len(sh.m) == 0 {
+			t.Fatalf("shard %d holds %d bytes in %d entries, limit %d", i, sh.bytes, len(sh.m), e.cache.limit)
+		}
+	}
+	// A committed overwrite and delete are seen, not the cached records.
+	mustUpdate(t, e, 2, func(tx WriteTx) error {
+		if err := tx.Put([]byte("key0001"), []byte("new")); err != nil {
+			return err
+		}
+		if err := tx.Put([]byte("absent"), []byte("now here")); err != nil {
+			return err
+		}
+		return tx.Delete([]byte("key0002"))
+	})
+	for _, flush := range []bool{false, true} {
+		if flush {
+			if err := e.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if v, ok, _ := e.Lookup("key0001", nil); !ok || string(v) != "new" {
+			t.Fatalf("flush %v: key0001 = %q %v", flush, v, ok)
+		}
+		if v, ok, _ := e.Lookup("absent", nil); !ok || string(v) != "now here" {
+			t.Fatalf("flush %v: absent = %q %v", flush, v, ok)
+		}
+		if _, ok, _ := e.Lookup("key0002", nil); ok {
+			t.Fatalf("flush %v: deleted key0002 still read", flush)
+		}
+	}
+	// Restore replaces everything the cache knew.
+	if err := e.Restore(bytes.NewReader(streamOf(t, 9, []kv{{"key0003", "restored"}}))); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, _ := e.Lookup("key0003", nil); !ok || string(v) != "restored" {
+		t.Fatalf("after restore key0003 = %q %v", v, ok)
+	}
+	if _, ok, _ := e.Lookup("key0001", nil); ok {
+		t.Fatal("after restore key0001 still read")
+	}
+	e.Close()
+	if _, _, err := e.Lookup("key0003", nil); err != ErrClosed {
+		t.Fatalf("Lookup after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestMemory_Lookup(t *testing.T) {
+	m := NewMemory()
+	putAll(t, m, 1, []kv{{"a", "1"}})
+	if v, ok, err := m.Lookup("a", nil); !ok || err != nil || string(v) != "1" {
+		t.Fatalf("Lookup a = %q %v %v", v, ok, err)
+	}
+	if _, ok, _ := m.Lookup("b", nil); ok {
+		t.Fatal("Lookup b found")
+	}
+	m.Close()
+	if _, _, err := m.Lookup("a", nil); err != ErrClosed {
+		t.Fatalf("after Close: %v", err)
+	}
 }

@@ -41,6 +41,14 @@ type Engine interface {
 	Close() error
 }
 
+// PointReader is implemented by engines that read one key without a
+// transaction (Bolt and Memory do): the fast path of a point read.
+type PointReader interface {
+	// Lookup appends the value of key to dst and returns it; ok is false
+	// when key is absent.
+	Lookup(key string, dst []byte) (value []byte, ok bool, err error)
+}
+
 // ReadTx reads from a consistent view of an Engine.
 type ReadTx interface {
 	// Get returns the value of key; ok is false when key is absent. The value

@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/google/btree"
 )
@@ -30,7 +31,10 @@ type memItem struct {
 
 func memLess(a, b memItem) bool { return bytes.Compare(a.key, b.key) < 0 }
 
-var _ Engine = (*Memory)(nil)
+var (
+	_ Engine      = (*Memory)(nil)
+	_ PointReader = (*Memory)(nil)
+)
 
 // NewMemory returns an empty in-memory Engine.
 func NewMemory() *Memory {
@@ -55,6 +59,19 @@ func (m *Memory) Update(index uint64, fn func(WriteTx) error) error {
 	}
 	m.cur.Store(&memState{tree: next, applied: index})
 	return nil
+}
+
+// Lookup implements PointReader.
+func (m *Memory) Lookup(key string, dst []byte) ([]byte, bool, error) {
+	t := m.cur.Load().tree
+	if m.closed.Load() {
+		return dst, false, ErrClosed
+	}
+	it, ok := t.Get(memItem{key: unsafe.Slice(unsafe.StringData(key), len(key))})
+	if !ok {
+		return dst, false, nil
+	}
+	return append(dst, it.value...), true, nil
 }
 
 // View implements Engine.
