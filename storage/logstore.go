@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,16 @@ type LogStore struct {
 	// read counts the bytes read through the file's mapping since the last
 	// releaseMapped (see readMapped).
 	read atomic.Int64
+
+	// The log tail (logtail.go), nil with NoSync. tail, tailPath, epoch
+	// and tailOff are guarded by writeMu; mem, the records in the tail, by
+	// memMu.
+	tail     *os.File
+	tailPath string
+	epoch    uint32
+	tailOff  int
+	memMu    sync.RWMutex
+	mem      tailRun
 }
 
 // readMapped counts n bytes read through the mapping of tx and, every
@@ -140,7 +151,17 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	// A file without a synced freelist made bolt.Open read every page: drop
 	// them from resident memory (see releaseMapped).
 	_ = releaseMapped(path, db.Info().Data)
-	return &LogStore{db: db, path: path}, nil
+	s := &LogStore{db: db, path: path}
+	if !opts.NoSync {
+		if err := s.openTail(); err != nil {
+			if s.tail != nil {
+				s.tail.Close()
+			}
+			_ = db.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // Close closes the underlying bbolt file. It waits for running transactions
@@ -152,10 +173,18 @@ func (s *LogStore) Close() error {
 		return nil
 	}
 	s.closed = true
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("storage: close log store %s: %w", s.path, err)
+	var errs []error
+	if s.tail != nil {
+		// Into the bbolt file, so that the next Open has nothing to replay;
+		// if it fails the tail keeps the records.
+		s.writeMu.Lock()
+		errs = append(errs, s.checkpoint(), s.tail.Close())
+		s.writeMu.Unlock()
 	}
-	return nil
+	if err := s.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("storage: close log store %s: %w", s.path, err))
+	}
+	return errors.Join(errs...)
 }
 
 // view and update run bbolt transactions, turning a panic on a damaged
@@ -173,12 +202,26 @@ func (s *LogStore) Path() string { return s.path }
 
 // FirstIndex returns the lowest stored log index, or 0 if the log is empty.
 func (s *LogStore) FirstIndex() (uint64, error) {
-	return s.edgeIndex(true)
+	s.memMu.RLock()
+	run := s.mem
+	s.memMu.RUnlock()
+	idx, err := s.edgeIndex(true)
+	if err == nil && idx == 0 && len(run.recs) > 0 {
+		idx = run.first
+	}
+	return idx, err
 }
 
 // LastIndex returns the highest stored log index, or 0 if the log is empty.
 func (s *LogStore) LastIndex() (uint64, error) {
-	return s.edgeIndex(false)
+	s.memMu.RLock()
+	run := s.mem
+	s.memMu.RUnlock()
+	idx, err := s.edgeIndex(false)
+	if err == nil && len(run.recs) > 0 {
+		idx = max(idx, run.last())
+	}
+	return idx, err
 }
 
 func (s *LogStore) edgeIndex(first bool) (uint64, error) {
@@ -219,9 +262,15 @@ func (s *LogStore) edgeIndex(first bool) (uint64, error) {
 // first bad entry. hashicorp/raft panics on a log entry it cannot read while
 // it starts, so the entries it will read are checked before it starts.
 func (s *LogStore) Verify(from uint64) error {
+	s.writeMu.Lock()
+	err := s.checkpoint() // everything into the bbolt file, checked below
+	s.writeMu.Unlock()
+	if err != nil {
+		return err
+	}
 	var start [8]byte
 	binary.BigEndian.PutUint64(start[:], from)
-	err := s.view(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		// The tail can be most of the file: drop what it read from
 		// resident memory as it goes (the transaction keeps the mapping).
 		defer func() { _ = releaseMapped(s.path, tx.DB().Info().Data) }()
@@ -254,6 +303,15 @@ func (s *LogStore) Verify(from uint64) error {
 // (unwrapped, as raft compares it with ==) if there is no such entry, and an
 // error wrapping ErrCorruptLog if the stored record is damaged.
 func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
+	s.memMu.RLock()
+	rec, ok := s.mem.get(index)
+	s.memMu.RUnlock()
+	if ok {
+		if err := decodeLog(index, rec, log); err != nil {
+			return fmt.Errorf("%w (in %s)", err, s.tailPath)
+		}
+		return nil
+	}
 	var key [8]byte
 	binary.BigEndian.PutUint64(key[:], index)
 	var found bool
@@ -293,6 +351,17 @@ func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	if s.tail != nil {
+		ok, err := s.appendTail(logs)
+		if err != nil {
+			return fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
+				len(logs), logs[0].Index, logs[len(logs)-1].Index, err)
+		}
+		if ok {
+			return nil
+		}
+		// Larger than the tail: straight into the bbolt file.
+	}
 
 	total := 0
 	for _, l := range logs {
@@ -332,6 +401,11 @@ func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 func (s *LogStore) DeleteRange(min, max uint64) error {
 	if min > max {
 		return nil
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.checkpoint(); err != nil {
+		return fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err)
 	}
 	var minKey, maxKey [8]byte
 	binary.BigEndian.PutUint64(minKey[:], min)
