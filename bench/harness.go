@@ -115,7 +115,8 @@ func runCell(spec cellSpec) (cellResult, error) {
 				}
 				if err != nil {
 					if errs.Add(1) == 1 {
-						firstErr.Store(&err)
+						e := err // only here: &err would move every op's err to the heap
+						firstErr.Store(&e)
 					}
 					continue
 				}

@@ -143,7 +143,7 @@ func parseFlags() (*options, error) {
 	flag.IntVar(&keys, "keys", 0, "number of keys, loaded before the cells (default 100000, quick 10000)")
 	flag.StringVar(&conc, "c", "", "comma-separated concurrencies (default 1,16,128,512; quick 1,128)")
 	flag.Int64Var(&o.maxOps, "maxops", 3_000_000, "most operations measured per cell")
-	flag.StringVar(&systems, "systems", "", "regexp: which systems run (cohort, etcd, raft)")
+	flag.StringVar(&systems, "systems", "", "regexp: which systems run (cohort, etcd, raft, raft-wal)")
 	flag.StringVar(&wls, "workloads", "", "regexp: which workloads run ("+workloadIDs()+")")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "directory: write a CPU profile of the measured window of each cell matching -profile")
 	flag.StringVar(&profile, "profile", "^cohort/", "regexp on system/workload/C of the cells -cpuprofile profiles, e.g. '^cohort/write-leader/128$'")
@@ -249,7 +249,7 @@ func run(o *options) error {
 
 	d := newDataset(o.keys, 100)
 	var systems []system
-	for _, s := range []system{&cohortSystem{}, &etcdSystem{}, &raftSystem{}} {
+	for _, s := range []system{&cohortSystem{}, &etcdSystem{}, &raftSystem{}, &raftSystem{wal: true}} {
 		if o.systems.MatchString(s.Name()) {
 			systems = append(systems, s)
 		}
