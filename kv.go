@@ -56,6 +56,7 @@ type Store struct {
 	// its own, so that its commit index is safe to serve reads from.
 	readyTerm atomic.Uint64
 	batch     *batcher
+	fwd       *forwarder
 
 	// leaderChanged is closed and replaced whenever this member's idea of
 	// the leader changes, so that calls waiting on a former leader give up.
@@ -112,6 +113,7 @@ func Open(cfg Config) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{})}
 	s.batch = newBatcher(s)
+	s.fwd = newForwarder(s)
 	s.health = newHealth()
 	if err := s.open(); err != nil {
 		s.shutdown()
@@ -267,6 +269,7 @@ func (s *Store) open() error {
 		s.goRaft(s.bootstrapLoop)
 	}
 	s.goRaft(s.batch.run)
+	s.goFunc(s.fwd.run)
 	obs := make(chan raft.Observation, 64)
 	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)

@@ -74,6 +74,10 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }
 
+// errRefused is wrapped by the error of a request the leader refused as
+// invalid.
+var errRefused = errors.New("kv: leader refused the request")
+
 // toWire turns a local error into the reply error.
 func toWire(err error) error {
 	switch {
@@ -103,7 +107,7 @@ func fromWire(err error) (out error, retry bool) {
 		case codeClosed:
 			return errNotLeader, true
 		case codeBadRequest:
-			return fmt.Errorf("kv: leader refused the request: %s", re.Msg), false
+			return fmt.Errorf("%w: %s", errRefused, re.Msg), false
 		case codeTimeout:
 			return fmt.Errorf("%w: %s", context.DeadlineExceeded, re.Msg), false
 		case codeUnknown:

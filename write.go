@@ -111,10 +111,6 @@ func (s *Store) validateOps(ops []op) error {
 // backoff while there is none, as long as the command certainly had no
 // effect.
 func (s *Store) write(ctx context.Context, c *command) error {
-	cmd, err := encodeCommand(c)
-	if err != nil {
-		return err
-	}
 	var last error
 	for b := newBackoff(); ; {
 		if err := ctx.Err(); err != nil {
@@ -123,7 +119,7 @@ func (s *Store) write(ctx context.Context, c *command) error {
 		if s.isClosed() {
 			return ErrClosed
 		}
-		err, retry := s.writeOnce(ctx, c, cmd)
+		err, retry := s.writeOnce(ctx, c)
 		if err == nil || !retry {
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("kv: write: %w", err)
@@ -140,29 +136,12 @@ func (s *Store) write(ctx context.Context, c *command) error {
 // writeOnce makes one attempt: through this member's Raft if it leads, else
 // forwarded to the leader. retry says whether the attempt certainly had no
 // effect.
-func (s *Store) writeOnce(ctx context.Context, c *command, cmd []byte) (err error, retry bool) {
+func (s *Store) writeOnce(ctx context.Context, c *command) (err error, retry bool) {
 	if s.raft.State() == raft.Leader {
 		err = s.applyLocal(ctx, c.Ops)
 		return err, errors.Is(err, errNotLeader)
 	}
-	// Give up on a leader that is replaced while we wait for its answer and
-	// stays silent for a heartbeat timeout more (paused, cut off): the
-	// outcome is unknown, but the caller hears of it now rather than when
-	// ctx ends. A leader that hands over gracefully still answers.
-	abort := s.leaderChange()
-	addr, ok := s.leaderAddr()
-	if !ok {
-		return ErrNoLeader, true
-	}
-	select {
-	case <-abort: // changed under us: look again, nothing was sent
-		return ErrNoLeader, true
-	default:
-	}
-	if _, err = s.pool.CallAbort(ctx, abort, s.cfg.HeartbeatTimeout, addr, methodApply, cmd); err != nil {
-		return fromWire(err)
-	}
-	return nil, false
+	return s.fwd.submit(ctx, c.Ops)
 }
 
 // giveUp is the error of a call that ran out of time while retrying.
