@@ -45,6 +45,12 @@ type BoltOptions struct {
 	// snapshot read does not block writers while the file grows. 0 means 1 GiB
 	// (address space, not memory).
 	InitialMmapSize int
+	// CommitInterval is how long writes may wait in memory before the
+	// background committer writes them to the file (sooner once they hold
+	// 16 MiB). Longer intervals write each page of random keys less often;
+	// after a crash up to this much of the log is applied again. 0 means
+	// 1 s.
+	CommitInterval time.Duration
 }
 
 // Bolt is an Engine on one bbolt file: data larger than memory, with the
@@ -89,6 +95,9 @@ var (
 func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.InitialMmapSize == 0 {
 		opts.InitialMmapSize = 1 << 30
+	}
+	if opts.CommitInterval <= 0 {
+		opts.CommitInterval = flushInterval
 	}
 	e := &Bolt{path: path, opts: opts, pending: newLayer(), cache: newReadCache(cacheBytes),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
@@ -190,7 +199,7 @@ func (e *Bolt) Path() string { return e.path }
 func (e *Bolt) AppliedIndex() uint64 { return e.applied.Load() }
 
 // Update implements Engine. The writes are visible to every reader when it
-// returns, and reach the file with a later commit (see flushInterval).
+// returns, and reach the file with a later commit (BoltOptions.CommitInterval).
 func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
@@ -202,9 +211,9 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 		}
 	}
 	var next *layer
-	err := e.view(func(p, f *layer, file boltTx, _ uint64) error {
+	err := e.view(func(p, f *layer, file boltTx, gen uint64) error {
 		next = &layer{t: p.t.Clone(), index: p.index, bytes: p.bytes, since: p.since}
-		tx := writeLayerTx{layeredTx: layeredTx{top: next, mid: f, file: file}, next: next}
+		tx := writeLayerTx{layeredTx: layeredTx{top: next, mid: f, file: file, cache: e.cache, gen: gen, cur: &e.gen}, next: next}
 		err := fn(tx)
 		if *file.err != nil {
 			return *file.err // a damaged record was read: keep nothing
@@ -316,11 +325,11 @@ func (e *Bolt) Lookup(key string, dst []byte) ([]byte, bool, error) {
 	return out, present, err
 }
 
-// committer commits the pending layer every flushInterval, or when Update
+// committer commits the pending layer every CommitInterval, or when Update
 // asks, until Close. Owned by the Bolt.
 func (e *Bolt) committer() {
 	defer close(e.done)
-	tick := time.NewTicker(flushInterval / 2)
+	tick := time.NewTicker(e.opts.CommitInterval / 2)
 	defer tick.Stop()
 	for {
 		select {
@@ -332,7 +341,7 @@ func (e *Bolt) committer() {
 		e.wmu.Lock()
 		e.mu.RLock()
 		due := e.flushing == nil && !e.pending.empty() &&
-			(e.pending.bytes >= flushBytes || time.Since(e.pending.since) >= flushInterval)
+			(e.pending.bytes >= flushBytes || time.Since(e.pending.since) >= e.opts.CommitInterval)
 		e.mu.RUnlock()
 		if due {
 			e.swap()
@@ -385,10 +394,12 @@ func (e *Bolt) commitFlushing() error {
 	})
 	if err == nil {
 		// Before the layer goes: until then readers take these keys from
-		// it, and from then on the cache must not answer for them.
+		// it, and from then on the cache must answer for them with what
+		// the file now holds. The new generation refuses what readers of
+		// the file as it was would put back.
 		e.gen.Add(1)
 		f.t.Ascend(func(it layerItem) bool {
-			e.cache.forget(it.key)
+			e.cache.refresh(it.key, it.value, it.del)
 			return true
 		})
 	}

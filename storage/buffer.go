@@ -2,7 +2,9 @@ package storage
 
 import (
 	"bytes"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/google/btree"
 )
@@ -11,7 +13,8 @@ import (
 // in-memory layer (pending) that readers consult before the file; a
 // background committer moves the layer into the file in one bbolt
 // transaction (one pair of fsyncs for many Raft entries) every
-// flushInterval, or sooner once it holds flushBytes. etcd's backend batches
+// BoltOptions.CommitInterval (1 s), or sooner once it holds flushBytes.
+// etcd's backend batches
 // its bbolt commits the same way.
 //
 // Nothing acknowledged depends on it: the Raft log, fsynced on a majority
@@ -22,12 +25,12 @@ import (
 // behind the newest snapshot, and Raft never compacts entries the file
 // still needs.
 const (
-	flushInterval = 100 * time.Millisecond
-	flushBytes    = 4 << 20
+	flushInterval = time.Second // the default CommitInterval
+	flushBytes    = 16 << 20
 	// maxPendingBytes bounds the layer while a commit is slow or failing:
 	// past it Update commits itself, and fails if that fails (disk full),
 	// so that the state machine retries instead of growing the heap.
-	maxPendingBytes = 32 << 20
+	maxPendingBytes = 64 << 20
 	// layerItemOverhead approximates the heap cost of one item beyond its
 	// key and value.
 	layerItemOverhead = 64
@@ -50,7 +53,12 @@ type layerItem struct {
 
 func layerLess(a, b layerItem) bool { return bytes.Compare(a.key, b.key) < 0 }
 
-func newLayer() *layer { return &layer{t: btree.NewG(32, layerLess)} }
+// layerDegree is the B-tree degree of a layer: every Update copies the
+// nodes on the path to each key it writes (copy on write), so smaller nodes
+// copy less.
+const layerDegree = 8
+
+func newLayer() *layer { return &layer{t: btree.NewG(layerDegree, layerLess)} }
 
 func (l *layer) empty() bool { return l == nil || l.t.Len() == 0 }
 
@@ -87,9 +95,16 @@ func (l *layer) next(from []byte, after bool) (layerItem, bool) {
 // layeredTx reads through the newest layer, then the one being committed,
 // then the file. The three are captured together, so the view is
 // consistent: the file holds either everything before flushing or that too.
+//
+// With cache set (an Update's reads), Get answers for the file from the
+// read cache when it can, and caches what it reads: during an Update no
+// layer is swapped, so the file differs from the cache only in keys of mid.
 type layeredTx struct {
 	top, mid *layer // either may be nil
 	file     boltTx
+	cache    *readCache
+	gen      uint64
+	cur      *atomic.Uint64
 }
 
 func (t layeredTx) Get(key []byte) ([]byte, bool) {
@@ -99,7 +114,18 @@ func (t layeredTx) Get(key []byte) ([]byte, bool) {
 	if v, ok, found := t.mid.get(key); found {
 		return v, ok
 	}
-	return t.file.Get(key)
+	if t.cache == nil {
+		return t.file.Get(key)
+	}
+	k := unsafe.String(unsafe.SliceData(key), len(key))
+	if v, present, hit := t.cache.get(k, nil); hit {
+		return v, present
+	}
+	v, ok := t.file.Get(key)
+	if *t.file.err == nil {
+		t.cache.put(k, v, ok, t.gen, t.cur)
+	}
+	return v, ok
 }
 
 // Scan merges the layers and the file in key order; for a key in several,

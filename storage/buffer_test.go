@@ -18,7 +18,7 @@ import (
 // from a random start with a plain map after each step: the layers and the
 // file together must always read as one store.
 func TestBolt_WriteBehindMatchesModel(t *testing.T) {
-	e := openBolt(t, filepath.Join(t.TempDir(), "data.db"))
+	e := openBoltOpts(t, filepath.Join(t.TempDir(), "data.db"), BoltOptions{CommitInterval: testCommitInterval})
 	rng := rand.New(rand.NewPCG(7, 11))
 	model := map[string]string{}
 	key := func() string { return fmt.Sprintf("k%03d", rng.IntN(200)) }
@@ -57,7 +57,7 @@ func TestBolt_WriteBehindMatchesModel(t *testing.T) {
 				t.Fatalf("after Flush the file records %d, want %d", e.DurableIndex(), step)
 			}
 		case 1:
-			time.Sleep(2 * flushInterval) // let the committer run
+			time.Sleep(2 * testCommitInterval) // let the committer run
 		}
 		if e.AppliedIndex() != step {
 			t.Fatalf("AppliedIndex %d, want %d", e.AppliedIndex(), step)
@@ -133,7 +133,7 @@ func checkModel(t *testing.T, e Engine, model map[string]string, from string) {
 // newer one, across commits of the
 // layers into the file made by the committer, by Flush and by Snapshot.
 func TestBolt_WriteBehindViewsAreConsistent(t *testing.T) {
-	e := openBolt(t, filepath.Join(t.TempDir(), "data.db"))
+	e := openBoltOpts(t, filepath.Join(t.TempDir(), "data.db"), BoltOptions{CommitInterval: testCommitInterval})
 	const keys = 64
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -255,7 +255,7 @@ func TestBolt_WriteBehindViewsAreConsistent(t *testing.T) {
 // without Flush, Snapshot or Close: the file's applied index catches up
 // within a few flush intervals.
 func TestBolt_WriteBehindCommitsOnItsOwn(t *testing.T) {
-	e := openBolt(t, filepath.Join(t.TempDir(), "data.db"))
+	e := openBoltOpts(t, filepath.Join(t.TempDir(), "data.db"), BoltOptions{CommitInterval: testCommitInterval})
 	putAll(t, e, 5, []kv{{"a", "1"}, {"b", "2"}})
 	if e.AppliedIndex() != 5 {
 		t.Fatalf("AppliedIndex %d", e.AppliedIndex())
@@ -371,4 +371,17 @@ func TestMemory_Lookup(t *testing.T) {
 	if _, _, err := m.Lookup("a", nil); err != ErrClosed {
 		t.Fatalf("after Close: %v", err)
 	}
+}
+
+// testCommitInterval makes the committer busy in the tests that exercise it.
+const testCommitInterval = 20 * time.Millisecond
+
+func openBoltOpts(t testing.TB, path string, opts BoltOptions) *Bolt {
+	t.Helper()
+	e, err := OpenBolt(path, opts)
+	if err != nil {
+		t.Fatalf("OpenBolt: %v", err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -95,19 +96,38 @@ func (c *readCache) put(key string, value []byte, present bool, gen uint64, curr
 	if present {
 		v = append(make([]byte, 0, len(value)), value...)
 	}
-	sh.m[key] = cacheEntry{value: v, present: present}
+	sh.m[strings.Clone(key)] = cacheEntry{value: v, present: present} // key may alias a caller's bytes
 	sh.bytes += size
 }
 
-// forget drops key.
-func (c *readCache) forget(key []byte) {
+// refresh records what a commit wrote for key, if the cache knows key (it
+// does not take in keys nobody read): value, or absent when del.
+func (c *readCache) refresh(key, value []byte, del bool) {
 	sh := c.shard(string(key))
 	sh.mu.Lock()
-	if old, ok := sh.m[string(key)]; ok {
-		delete(sh.m, string(key))
-		sh.bytes -= len(key) + len(old.value) + cacheEntryOverhead
+	defer sh.mu.Unlock()
+	old, ok := sh.m[string(key)]
+	if !ok {
+		return
 	}
-	sh.mu.Unlock()
+	sh.bytes -= len(key) + len(old.value) + cacheEntryOverhead
+	size := len(key) + len(value) + cacheEntryOverhead
+	if del || size > c.limit/4 {
+		if del {
+			sh.m[string(key)] = cacheEntry{}
+			sh.bytes += len(key) + cacheEntryOverhead
+		} else {
+			delete(sh.m, string(key))
+		}
+		return
+	}
+	// Reuse the old copy's memory when it fits.
+	v := append(old.value[:0:cap(old.value)], value...)
+	if !old.present {
+		v = append([]byte(nil), value...)
+	}
+	sh.m[string(key)] = cacheEntry{value: v, present: true}
+	sh.bytes += size
 }
 
 // clear drops everything.
