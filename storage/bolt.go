@@ -210,10 +210,14 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 			return err
 		}
 	}
-	var next *layer
-	err := e.view(func(p, f *layer, file boltTx, gen uint64) error {
-		next = &layer{t: p.t.Clone(), index: p.index, bytes: p.bytes, since: p.since}
-		tx := writeLayerTx{layeredTx: layeredTx{top: next, mid: f, file: file, cache: e.cache, gen: gen, cur: &e.gen}, next: next}
+	// The writes collect in buf and join the pending layer only if fn
+	// succeeds. Only Update changes the pending layer, and we hold wmu, so
+	// reading it here needs no lock.
+	buf := &writeBuf{m: map[string]layerItem{}}
+	var p *layer
+	err := e.viewWith(false, func(pl, f *layer, file boltTx, gen uint64) error {
+		p = pl
+		tx := writeLayerTx{layeredTx: layeredTx{top: p, mid: f, file: file, cache: e.cache, gen: gen, cur: &e.gen}, buf: buf}
 		err := fn(tx)
 		if *file.err != nil {
 			return *file.err // a damaged record was read: keep nothing
@@ -223,19 +227,23 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 	if err != nil {
 		return err
 	}
-	next.index = index
-	if next.since.IsZero() {
-		next.since = time.Now()
-	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return ErrClosed
 	}
-	e.pending = next
+	for _, it := range buf.m {
+		p.t.ReplaceOrInsert(it)
+	}
+	p.bytes += buf.bytes
+	p.index = index
+	if p.since.IsZero() {
+		p.since = time.Now()
+	}
+	big := p.bytes >= flushBytes
 	e.mu.Unlock()
 	e.applied.Store(index)
-	if next.bytes >= flushBytes {
+	if big {
 		select {
 		case e.kick <- struct{}{}:
 		default:
@@ -266,15 +274,32 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 // missed: dropping a committed layer takes mu), then runs fn on them.
 //
 // gen is the cache generation the file transaction belongs to.
+//
+// The pending layer changes in place with every Update: a view gets a
+// clone of it (O(1); the next Update copies the nodes it changes), so that
+// it reads one point in time.
 func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
-	e.mu.RLock()
+	return e.viewWith(true, fn)
+}
+
+// viewWith is view; without clone, p is the live pending layer (for Update,
+// the only one that changes it).
+func (e *Bolt) viewWith(clone bool, fn func(p, f *layer, file boltTx, gen uint64) error) error {
+	e.mu.Lock() // Clone writes to the tree's header
 	if e.closed {
-		e.mu.RUnlock()
+		e.mu.Unlock()
 		return ErrClosed
 	}
 	p, f, db, gen := e.pending, e.flushing, e.db, e.gen.Load()
+	if clone {
+		if p.empty() {
+			p = nil // not the live layer: Update fills it in place
+		} else {
+			p = &layer{t: p.t.Clone(), index: p.index}
+		}
+	}
 	tx, err := db.Begin(false)
-	e.mu.RUnlock()
+	e.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("storage: read %s: %w", e.path, err)
 	}
@@ -288,19 +313,22 @@ func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
 func (e *Bolt) Lookup(key string, dst []byte) ([]byte, bool, error) {
 	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // read only
 	e.mu.RLock()
-	closed, p, f := e.closed, e.pending, e.flushing
-	e.mu.RUnlock()
-	if closed {
+	if e.closed {
+		e.mu.RUnlock()
 		return dst, false, ErrClosed
 	}
-	if !p.empty() || !f.empty() {
-		if v, ok, found := p.get(kb); found {
-			return append(dst, v...), ok, nil
-		}
-		if v, ok, found := f.get(kb); found {
-			return append(dst, v...), ok, nil
-		}
+	// Under the lock: Update changes the pending layer in place.
+	if v, ok, found := e.pending.get(kb); found {
+		out := append(dst, v...)
+		e.mu.RUnlock()
+		return out, ok, nil
 	}
+	if v, ok, found := e.flushing.get(kb); found {
+		out := append(dst, v...)
+		e.mu.RUnlock()
+		return out, ok, nil
+	}
+	e.mu.RUnlock()
 	if out, present, hit := e.cache.get(key, dst); hit {
 		return out, present, nil
 	}

@@ -105,9 +105,15 @@ type layeredTx struct {
 	cache    *readCache
 	gen      uint64
 	cur      *atomic.Uint64
+	// extra, when set, is a layer newer than top (an Update's own writes,
+	// for Scan).
+	extra *layer
 }
 
 func (t layeredTx) Get(key []byte) ([]byte, bool) {
+	if v, ok, found := t.extra.get(key); found {
+		return v, ok
+	}
 	if v, ok, found := t.top.get(key); found {
 		return v, ok
 	}
@@ -128,84 +134,87 @@ func (t layeredTx) Get(key []byte) ([]byte, bool) {
 	return v, ok
 }
 
+// layerCursor walks one layer in key order.
+type layerCursor struct {
+	l   *layer
+	it  layerItem
+	ok  bool
+	pos int // the layer's age: 0 is the newest
+}
+
 // Scan merges the layers and the file in key order; for a key in several,
 // the newest wins, and a deletion hides the key.
 func (t layeredTx) Scan(from []byte, fn func(k, v []byte) bool) error {
-	if t.top.empty() && t.mid.empty() {
+	var curs []*layerCursor
+	for i, l := range []*layer{t.extra, t.top, t.mid} {
+		if !l.empty() {
+			curs = append(curs, &layerCursor{l: l, pos: i})
+		}
+	}
+	if len(curs) == 0 {
 		return t.file.Scan(from, fn)
 	}
 	if from == nil {
 		from = []byte{}
 	}
-	top, topOK := t.top.next(from, false)
-	mid, midOK := t.mid.next(from, false)
+	for _, c := range curs {
+		c.it, c.ok = c.l.next(from, false)
+	}
 	stopped := false
-	emit := func(it layerItem) bool {
-		if it.del {
-			return true
+	// head returns the cursor holding the smallest key (the newest layer
+	// among equal keys), or nil when every layer is done.
+	head := func() *layerCursor {
+		var best *layerCursor
+		for _, c := range curs {
+			if !c.ok {
+				continue
+			}
+			if best == nil {
+				best = c
+				continue
+			}
+			if d := bytes.Compare(c.it.key, best.it.key); d < 0 || d == 0 && c.pos < best.pos {
+				best = c
+			}
 		}
-		if !fn(it.key, it.value) {
-			stopped = true
-			return false
+		return best
+	}
+	// advance moves every cursor at key past it.
+	advance := func(key []byte) {
+		for _, c := range curs {
+			if c.ok && bytes.Equal(c.it.key, key) {
+				c.it, c.ok = c.l.next(key, true)
+			}
 		}
-		return true
 	}
 	// drain emits the layers' items below limit (all of them when limit is
 	// nil), returning false once fn stops.
 	drain := func(limit []byte) bool {
-		for topOK || midOK {
-			var it layerItem
-			switch {
-			case topOK && midOK:
-				c := bytes.Compare(top.key, mid.key)
-				if c <= 0 {
-					it = top
-				} else {
-					it = mid
-				}
-			case topOK:
-				it = top
-			default:
-				it = mid
-			}
-			if limit != nil && bytes.Compare(it.key, limit) >= 0 {
+		for {
+			h := head()
+			if h == nil || limit != nil && bytes.Compare(h.it.key, limit) >= 0 {
 				return true
 			}
-			if !emit(it) {
+			it := h.it
+			advance(it.key)
+			if !it.del && !fn(it.key, it.value) {
+				stopped = true
 				return false
 			}
-			if topOK && bytes.Equal(top.key, it.key) {
-				top, topOK = t.top.next(it.key, true)
-			}
-			if midOK && bytes.Equal(mid.key, it.key) {
-				mid, midOK = t.mid.next(it.key, true)
-			}
 		}
-		return true
 	}
 	err := t.file.Scan(from, func(k, v []byte) bool {
 		if !drain(k) {
 			return false
 		}
 		// The layers shadow the file's record of k.
-		shadowed := false
-		if topOK && bytes.Equal(top.key, k) {
-			shadowed = true
-			if !emit(top) {
+		if h := head(); h != nil && bytes.Equal(h.it.key, k) {
+			it := h.it
+			advance(k)
+			if !it.del && !fn(it.key, it.value) {
+				stopped = true
 				return false
 			}
-			top, topOK = t.top.next(k, true)
-			if midOK && bytes.Equal(mid.key, k) {
-				mid, midOK = t.mid.next(k, true)
-			}
-		} else if midOK && bytes.Equal(mid.key, k) {
-			shadowed = true
-			if !emit(mid) {
-				return false
-			}
-			mid, midOK = t.mid.next(k, true)
-		}
-		if shadowed {
 			return true
 		}
 		if !fn(k, v) {
@@ -221,25 +230,56 @@ func (t layeredTx) Scan(from []byte, fn func(k, v []byte) bool) error {
 	return nil
 }
 
-// writeLayerTx is the WriteTx of an Update: writes go to next (a clone of
-// the pending layer), reads see them first.
-type writeLayerTx struct {
-	layeredTx
-	next *layer
+// writeBuf holds the writes of one Update until it succeeds.
+type writeBuf struct {
+	m     map[string]layerItem
+	bytes int
 }
 
+// writeLayerTx is the WriteTx of an Update: writes go to buf, reads see
+// them first.
+type writeLayerTx struct {
+	layeredTx
+	buf *writeBuf
+}
+
+func (t writeLayerTx) Get(key []byte) ([]byte, bool) {
+	if it, ok := t.buf.m[string(key)]; ok {
+		return it.value, !it.del
+	}
+	return t.layeredTx.Get(key)
+}
+
+func (t writeLayerTx) Scan(from []byte, fn func(k, v []byte) bool) error {
+	if len(t.buf.m) == 0 {
+		return t.layeredTx.Scan(from, fn)
+	}
+	// Rare (the state machine does not scan while it writes): the
+	// buffer as one more layer, the newest.
+	l := newLayer()
+	for _, it := range t.buf.m {
+		l.t.ReplaceOrInsert(it)
+	}
+	lt := t.layeredTx
+	lt.extra = l
+	return lt.Scan(from, fn)
+}
+
+// Put and Delete key the buffer by a copy of key whose bytes also serve as
+// the item's key (never written to).
 func (t writeLayerTx) Put(key, value []byte) error {
-	k, v := bytes.Clone(key), bytes.Clone(value)
+	k, v := string(key), bytes.Clone(value)
 	if v == nil {
 		v = []byte{}
 	}
-	t.next.t.ReplaceOrInsert(layerItem{key: k, value: v})
-	t.next.bytes += len(k) + len(v) + layerItemOverhead
+	t.buf.m[k] = layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), value: v}
+	t.buf.bytes += len(k) + len(v) + layerItemOverhead
 	return nil
 }
 
 func (t writeLayerTx) Delete(key []byte) error {
-	t.next.t.ReplaceOrInsert(layerItem{key: bytes.Clone(key), del: true})
-	t.next.bytes += len(key) + layerItemOverhead
+	k := string(key)
+	t.buf.m[k] = layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), del: true}
+	t.buf.bytes += len(k) + layerItemOverhead
 	return nil
 }

@@ -312,7 +312,7 @@ func TestBolt_LookupCache(t *testing.T) {
 		}
 	}
 	for i := range e.cache.shards {
-		if sh := &e.cache.shards[i]; sh.bytes > e.cache.limit || len(sh.m) == 0 {
+		if sh := &e.cache.shards[i]; sh.bytes > e.cache.limit || sh.bytes <= 0 || len(sh.m) == 0 {
 			t.Fatalf("shard %d holds %d bytes in %d entries, limit %d", i, sh.bytes, len(sh.m), e.cache.limit)
 		}
 	}

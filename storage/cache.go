@@ -33,7 +33,7 @@ const (
 
 type cacheShard struct {
 	mu    sync.RWMutex
-	m     map[string]cacheEntry
+	m     map[string]*cacheEntry // pointers: refresh updates in place
 	bytes int
 }
 
@@ -45,7 +45,7 @@ type cacheEntry struct {
 func newReadCache(total int) *readCache {
 	c := &readCache{seed: maphash.MakeSeed(), limit: total / cacheShards}
 	for i := range c.shards {
-		c.shards[i].m = map[string]cacheEntry{}
+		c.shards[i].m = map[string]*cacheEntry{}
 	}
 	return c
 }
@@ -60,11 +60,12 @@ func (c *readCache) get(key string, dst []byte) (out []byte, present, hit bool) 
 	sh := c.shard(key)
 	sh.mu.RLock()
 	ent, hit := sh.m[key]
-	if hit && ent.present {
+	present = hit && ent.present
+	if present {
 		dst = append(dst, ent.value...)
 	}
 	sh.mu.RUnlock()
-	return dst, ent.present, hit
+	return dst, present, hit
 }
 
 // put records what the file holds for key, as read in a transaction begun
@@ -82,6 +83,7 @@ func (c *readCache) put(key string, value []byte, present bool, gen uint64, curr
 		return
 	}
 	if old, ok := sh.m[key]; ok {
+		delete(sh.m, key)
 		sh.bytes -= len(key) + len(old.value) + cacheEntryOverhead
 	}
 	// Evict arbitrary entries (map order is random) until it fits.
@@ -96,7 +98,7 @@ func (c *readCache) put(key string, value []byte, present bool, gen uint64, curr
 	if present {
 		v = append(make([]byte, 0, len(value)), value...)
 	}
-	sh.m[strings.Clone(key)] = cacheEntry{value: v, present: present} // key may alias a caller's bytes
+	sh.m[strings.Clone(key)] = &cacheEntry{value: v, present: present} // key may alias a caller's bytes
 	sh.bytes += size
 }
 
@@ -106,28 +108,24 @@ func (c *readCache) refresh(key, value []byte, del bool) {
 	sh := c.shard(string(key))
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	old, ok := sh.m[string(key)]
+	ent, ok := sh.m[string(key)]
 	if !ok {
 		return
 	}
-	sh.bytes -= len(key) + len(old.value) + cacheEntryOverhead
-	size := len(key) + len(value) + cacheEntryOverhead
-	if del || size > c.limit/4 {
-		if del {
-			sh.m[string(key)] = cacheEntry{}
-			sh.bytes += len(key) + cacheEntryOverhead
-		} else {
-			delete(sh.m, string(key))
-		}
+	sh.bytes -= len(ent.value)
+	if del {
+		ent.value, ent.present = nil, false
+		return
+	}
+	if len(key)+len(value)+cacheEntryOverhead > c.limit/4 {
+		delete(sh.m, string(key))
+		sh.bytes -= len(key) + cacheEntryOverhead
 		return
 	}
 	// Reuse the old copy's memory when it fits.
-	v := append(old.value[:0:cap(old.value)], value...)
-	if !old.present {
-		v = append([]byte(nil), value...)
-	}
-	sh.m[string(key)] = cacheEntry{value: v, present: true}
-	sh.bytes += size
+	ent.value = append(ent.value[:0], value...)
+	ent.present = true
+	sh.bytes += len(value)
 }
 
 // clear drops everything.
