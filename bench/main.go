@@ -134,12 +134,12 @@ func parseFlags() (*options, error) {
 		dur, warm, settle           time.Duration
 		rounds, keys                int
 	)
-	flag.BoolVar(&o.quick, "quick", false, "reduced matrix (C in {1,128}, 10k keys, 0.8 s cells), under 2 minutes")
+	flag.BoolVar(&o.quick, "quick", false, "reduced matrix (C in {1,128}, 10k keys, 0.6 s cells), under 2 minutes")
 	flag.StringVar(&o.out, "out", "../docs/benchmarks.md", "markdown file whose side-by-side section is replaced (\"\": print only; -quick prints only unless -out is given)")
 	flag.IntVar(&rounds, "rounds", 0, "repetitions of the whole A B C sequence (default 2)")
-	flag.DurationVar(&dur, "dur", 0, "measured time per cell (default 3s, quick 0.8s)")
-	flag.DurationVar(&warm, "warm", 0, "warm-up per cell, not measured (default 500ms, quick 200ms)")
-	flag.DurationVar(&settle, "settle", 0, "pause between cells (default 300ms, quick 100ms)")
+	flag.DurationVar(&dur, "dur", 0, "measured time per cell (default 3s, quick 0.6s)")
+	flag.DurationVar(&warm, "warm", 0, "warm-up per cell, not measured (default 500ms, quick 150ms)")
+	flag.DurationVar(&settle, "settle", 0, "pause between cells (default 300ms, quick 50ms)")
 	flag.IntVar(&keys, "keys", 0, "number of keys, loaded before the cells (default 100000, quick 10000)")
 	flag.StringVar(&conc, "c", "", "comma-separated concurrencies (default 1,16,128,512; quick 1,128)")
 	flag.Int64Var(&o.maxOps, "maxops", 3_000_000, "most operations measured per cell")
@@ -161,7 +161,7 @@ func parseFlags() (*options, error) {
 	o.rounds, o.dur, o.warm, o.settle, o.keys = 2, 3*time.Second, 500*time.Millisecond, 300*time.Millisecond, 100_000
 	o.conc = []int{1, 16, 128, 512}
 	if o.quick {
-		o.dur, o.warm, o.settle, o.keys = 800*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond, 10_000
+		o.dur, o.warm, o.settle, o.keys = 600*time.Millisecond, 150*time.Millisecond, 50*time.Millisecond, 10_000
 		o.conc = []int{1, 128}
 	}
 	if rounds > 0 {
