@@ -59,9 +59,12 @@
 // A write that returned nil is committed on a majority of voters: every one
 // of them has it in its Raft log on disk (fsync'd), so it survives any
 // minority of crashes, kill -9 included. Each instance keeps three things in
-// DataDir: raft.db (the Raft log and term, checksummed records in bbolt),
-// data.db (the key-value data in bbolt, with the index it reflects stored in
-// the same transactions) and snapshots/ (Raft snapshots, which compact the
+// DataDir: raft.db (the Raft log and term, checksummed records in bbolt;
+// new entries are appended to raft.db.tail with one fdatasync per batch and
+// moved into raft.db every 8 MiB), data.db (the key-value data in bbolt,
+// with the index it reflects stored in the same transactions, written in the
+// background once a second: after a crash the entries since are applied
+// again from the log) and snapshots/ (Raft snapshots, which compact the
 // log). Backup writes a consistent, checksummed copy of the data from any
 // instance; Restore, on the leader, installs such a copy on every member. On
 // restart an instance reads its data file as it is, replays only the log
