@@ -252,6 +252,14 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 	return nil
 }
 
+// pendingDirty says whether the pending layer holds anything the file does
+// not: writes, or only a newer applied index (entries without writes, such
+// as Raft's configuration changes, advance it too; a file left behind them
+// would look behind the next snapshot at restart). The caller holds mu.
+func (e *Bolt) pendingDirty() bool {
+	return !e.pending.empty() || e.pending.index > e.durable.Load()
+}
+
 func (e *Bolt) pendingBytes() int {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -368,7 +376,7 @@ func (e *Bolt) committer() {
 		}
 		e.wmu.Lock()
 		e.mu.RLock()
-		due := e.flushing == nil && !e.pending.empty() &&
+		due := e.flushing == nil && e.pendingDirty() &&
 			(e.pending.bytes >= flushBytes || time.Since(e.pending.since) >= e.opts.CommitInterval)
 		e.mu.RUnlock()
 		if due {
@@ -386,7 +394,7 @@ func (e *Bolt) committer() {
 func (e *Bolt) swap() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.flushing == nil && !e.pending.empty() {
+	if e.flushing == nil && e.pendingDirty() {
 		e.flushing, e.pending = e.pending, newLayer()
 	}
 }

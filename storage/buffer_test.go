@@ -385,3 +385,29 @@ func openBoltOpts(t testing.TB, path string, opts BoltOptions) *Bolt {
 	t.Cleanup(func() { e.Close() })
 	return e
 }
+
+// TestBolt_IndexOnlyUpdatesReachTheFile: Updates that write nothing (Raft
+// entries that are not commands) still move the file's applied index, with
+// the committer, Flush and Snapshot, so that a snapshot taken after them
+// does not find the file behind it.
+func TestBolt_IndexOnlyUpdatesReachTheFile(t *testing.T) {
+	e := openBoltOpts(t, filepath.Join(t.TempDir(), "data.db"), BoltOptions{CommitInterval: testCommitInterval})
+	putAll(t, e, 3, []kv{{"a", "1"}})
+	mustUpdate(t, e, 7, func(WriteTx) error { return nil })
+	deadline := time.Now().Add(5 * time.Second)
+	for e.DurableIndex() != 7 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the file records %d after 5 s, want 7", e.DurableIndex())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mustUpdate(t, e, 9, func(WriteTx) error { return nil })
+	s, err := e.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release()
+	if s.AppliedIndex() != 9 || e.DurableIndex() != 9 {
+		t.Fatalf("snapshot at %d, file at %d, want 9", s.AppliedIndex(), e.DurableIndex())
+	}
+}
