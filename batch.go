@@ -2,7 +2,6 @@ package kv
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
@@ -24,16 +23,12 @@ type pendingWrite struct {
 }
 
 type batcher struct {
-	s    *Store
-	kick chan struct{}
-	slot chan struct{} // one token per batch in flight
-
-	mu    sync.Mutex
-	queue []*pendingWrite
+	s *Store
+	coalescer[*pendingWrite]
 }
 
 func newBatcher(s *Store) *batcher {
-	return &batcher{s: s, kick: make(chan struct{}, 1), slot: make(chan struct{}, maxBatchInFlight)}
+	return &batcher{s: s, coalescer: newCoalescer[*pendingWrite](maxBatchInFlight)}
 }
 
 // submit queues ops for the next batch and waits for its outcome, ctx, or
@@ -43,13 +38,7 @@ func (b *batcher) submit(ctx context.Context, ops []op) error {
 	for _, o := range ops {
 		w.size += len(o.Key) + len(o.Value) + 16
 	}
-	b.mu.Lock()
-	b.queue = append(b.queue, w)
-	b.mu.Unlock()
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
+	b.add(w)
 	select {
 	case err := <-w.done:
 		return err
@@ -62,59 +51,28 @@ func (b *batcher) submit(ctx context.Context, ops []op) error {
 
 // run issues batches until the Store closes. Owned by the Store.
 func (b *batcher) run() {
-	for {
-		select {
-		case <-b.s.ctx.Done():
-			b.failQueued(ErrClosed)
-			return
-		case <-b.kick:
-		}
-		for {
-			select {
-			case b.slot <- struct{}{}:
-			case <-b.s.ctx.Done():
-				b.failQueued(ErrClosed)
-				return
-			}
-			batch := b.take()
-			if len(batch) == 0 {
-				<-b.slot
-				break
-			}
-			b.issue(batch)
-		}
+	for _, w := range b.coalescer.run(b.s.ctx.Done(), takeWrites, b.issue) {
+		w.done <- ErrClosed
 	}
 }
 
-func (b *batcher) take() []*pendingWrite {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// takeWrites cuts the next batch, within maxBatchOps and maxBatchBytes
+// (a single write may exceed them).
+func takeWrites(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 	n, ops, size := 0, 0, 0
-	for n < len(b.queue) {
-		w := b.queue[n]
+	for n < len(queue) {
+		w := queue[n]
 		if n > 0 && (ops+len(w.ops) > maxBatchOps || size+w.size > maxBatchBytes) {
 			break
 		}
 		n, ops, size = n+1, ops+len(w.ops), size+w.size
 	}
-	batch := b.queue[:n:n]
-	b.queue = append([]*pendingWrite(nil), b.queue[n:]...)
-	return batch
-}
-
-func (b *batcher) failQueued(err error) {
-	b.mu.Lock()
-	q := b.queue
-	b.queue = nil
-	b.mu.Unlock()
-	for _, w := range q {
-		w.done <- err
-	}
+	return queue[:n:n], append([]*pendingWrite(nil), queue[n:]...)
 }
 
 // issue applies one batch through Raft and answers its writers when it
 // commits. It returns once the entry is handed to Raft.
-func (b *batcher) issue(batch []*pendingWrite) {
+func (b *batcher) issue(batch []*pendingWrite, done func()) {
 	var c command
 	if len(batch) == 1 {
 		c.Ops = batch[0].ops
@@ -127,7 +85,7 @@ func (b *batcher) issue(batch []*pendingWrite) {
 		for _, w := range batch {
 			w.done <- err
 		}
-		<-b.slot
+		done()
 	}
 	cmd, err := encodeCommand(&c)
 	if err != nil {

@@ -3,7 +3,6 @@ package kv
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 )
 
@@ -33,16 +32,12 @@ type forwardResult struct {
 }
 
 type forwarder struct {
-	s    *Store
-	kick chan struct{}
-	slot chan struct{}
-
-	mu    sync.Mutex
-	queue []*forwardWrite
+	s *Store
+	coalescer[*forwardWrite]
 }
 
 func newForwarder(s *Store) *forwarder {
-	return &forwarder{s: s, kick: make(chan struct{}, 1), slot: make(chan struct{}, maxForwardInFlight)}
+	return &forwarder{s: s, coalescer: newCoalescer[*forwardWrite](maxForwardInFlight)}
 }
 
 // submit forwards ops to the leader with the next batch and returns the
@@ -52,13 +47,7 @@ func (f *forwarder) submit(ctx context.Context, ops []op) (error, bool) {
 	for _, o := range ops {
 		w.size += len(o.Key) + len(o.Value) + 16
 	}
-	f.mu.Lock()
-	f.queue = append(f.queue, w)
-	f.mu.Unlock()
-	select {
-	case f.kick <- struct{}{}:
-	default:
-	}
+	f.add(w)
 	select {
 	case r := <-w.done:
 		return r.err, r.retry
@@ -71,42 +60,21 @@ func (f *forwarder) submit(ctx context.Context, ops []op) (error, bool) {
 
 // run sends batches until the Store closes. Owned by the Store.
 func (f *forwarder) run() {
-	for {
-		select {
-		case <-f.s.ctx.Done():
-			f.failQueued()
-			return
-		case <-f.kick:
+	left := f.coalescer.run(f.s.ctx.Done(), takeForwards, func(batch []*forwardWrite, done func()) {
+		if !f.s.goFunc(func() { f.send(batch); done() }) {
+			done()
+			finishForward(batch, forwardResult{err: ErrClosed})
 		}
-		for {
-			select {
-			case f.slot <- struct{}{}:
-			case <-f.s.ctx.Done():
-				f.failQueued()
-				return
-			}
-			batch := f.take()
-			if len(batch) == 0 {
-				<-f.slot
-				break
-			}
-			if !f.s.goFunc(func() { f.send(batch); <-f.slot }) {
-				<-f.slot
-				finishForward(batch, forwardResult{err: ErrClosed})
-			}
-		}
-	}
+	})
+	finishForward(left, forwardResult{err: ErrClosed})
 }
 
-// take removes the next batch from the queue, leaving out writes whose
-// callers have given up (they were never sent).
-func (f *forwarder) take() []*forwardWrite {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var batch []*forwardWrite
+// takeForwards cuts the next batch, leaving out writes whose callers have
+// given up (they were never sent).
+func takeForwards(queue []*forwardWrite) (batch, rest []*forwardWrite) {
 	n, ops, size := 0, 0, 0
-	for ; n < len(f.queue); n++ {
-		w := f.queue[n]
+	for ; n < len(queue); n++ {
+		w := queue[n]
 		if w.ctx.Err() != nil {
 			continue
 		}
@@ -116,16 +84,7 @@ func (f *forwarder) take() []*forwardWrite {
 		batch = append(batch, w)
 		ops, size = ops+len(w.ops), size+w.size
 	}
-	f.queue = append([]*forwardWrite(nil), f.queue[n:]...)
-	return batch
-}
-
-func (f *forwarder) failQueued() {
-	f.mu.Lock()
-	q := f.queue
-	f.queue = nil
-	f.mu.Unlock()
-	finishForward(q, forwardResult{err: ErrClosed})
+	return batch, append([]*forwardWrite(nil), queue[n:]...)
 }
 
 func finishForward(batch []*forwardWrite, r forwardResult) {

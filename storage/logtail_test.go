@@ -104,6 +104,24 @@ func lastFrameOffsets(t *testing.T, b []byte) []int {
 	}
 }
 
+// crashedTail stores 3 batches of 10 logs through the tail and returns the
+// path of a crash copy of the store and the bytes of its tail file.
+func crashedTail(t *testing.T) (path string, tail []byte) {
+	t.Helper()
+	s := lsOpenTestStore(t, LogStoreOptions{})
+	for i := uint64(1); i <= 30; i += 10 {
+		if err := s.StoreLogs(lsTestLogs(i, i+9)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path = crashCopy(t, s)
+	tail, err := os.ReadFile(path + ".tail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, tail
+}
+
 // TestLogTail_TornAppend: a crash in the middle of an append leaves any of
 // its pages written: the batch's frames that did not reach the disk, and
 // those after them, are dropped without an error; earlier batches stay.
@@ -113,17 +131,7 @@ func TestLogTail_TornAppend(t *testing.T) {
 		frame int // which frame of the last batch (10 frames) is torn
 	}{{"first frame", 0}, {"middle frame", 5}, {"last frame", 9}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := lsOpenTestStore(t, LogStoreOptions{})
-			for i := uint64(1); i <= 30; i += 10 {
-				if err := s.StoreLogs(lsTestLogs(i, i+9)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			path := crashCopy(t, s)
-			b, err := os.ReadFile(path + ".tail")
-			if err != nil {
-				t.Fatal(err)
-			}
+			path, b := crashedTail(t)
 			offs := lastFrameOffsets(t, b)
 			if len(offs) != 30 {
 				t.Fatalf("%d frames in the tail, want 30", len(offs))
@@ -144,23 +152,13 @@ func TestLogTail_TornAppend(t *testing.T) {
 // TestLogTail_DamageIsNotTornAppend: a damaged frame followed by a whole
 // later batch is not what a crash leaves: Open fails naming the tail file.
 func TestLogTail_DamageIsNotTornAppend(t *testing.T) {
-	s := lsOpenTestStore(t, LogStoreOptions{})
-	for i := uint64(1); i <= 30; i += 10 {
-		if err := s.StoreLogs(lsTestLogs(i, i+9)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	path := crashCopy(t, s)
-	b, err := os.ReadFile(path + ".tail")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, b := crashedTail(t)
 	off := lastFrameOffsets(t, b)[4] // in the first batch
 	b[off+tailFrameHeader+3] ^= 0xFF
 	if err := os.WriteFile(path+".tail", b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = OpenLogStore(path, LogStoreOptions{})
+	_, err := OpenLogStore(path, LogStoreOptions{})
 	if !errors.Is(err, ErrCorruptLog) || !strings.Contains(err.Error(), path+".tail") {
 		t.Fatalf("OpenLogStore: %v, want ErrCorruptLog naming %s.tail", err, path)
 	}
