@@ -93,4 +93,8 @@ var (
 	// record whose checksum does not match, or a file bbolt cannot read. It
 	// wraps ErrCorrupt.
 	ErrCorruptData = fmt.Errorf("%w data file", ErrCorrupt)
+	// ErrDiskFull is wrapped by errors of writes that failed because the
+	// file system has no space left (ENOSPC, EDQUOT). Nothing is damaged:
+	// the write can succeed once space is freed.
+	ErrDiskFull = errors.New("storage: disk full")
 )

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"syscall"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -50,4 +51,16 @@ func guard(path, what string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// diskFull wraps err with ErrDiskFull when it reports a file system without
+// space (ENOSPC, EDQUOT), and returns it unchanged otherwise.
+func diskFull(err error) error {
+	if err == nil || errors.Is(err, ErrDiskFull) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	}
+	return err
 }
