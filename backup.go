@@ -21,8 +21,8 @@ import (
 // leader: the way to save what a member holds when the cluster has lost its
 // majority and no leader can be elected.
 func (s *Store) Backup(ctx context.Context, w io.Writer, opts ...ReadOption) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	if !collect(opts).stale {
 		if err := s.linearize(ctx); err != nil {
@@ -59,8 +59,8 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 // in flight at that moment fail with ErrLeadershipLost. A damaged copy is
 // refused and nothing changes.
 func (s *Store) Restore(ctx context.Context, r io.Reader) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	if s.raft.State() != raft.Leader {
 		return fmt.Errorf("%w: Restore must run on the leader", ErrNoLeader)

@@ -41,11 +41,16 @@ func (b *batcher) submit(ctx context.Context, ops []op) error {
 	b.add(w)
 	select {
 	case err := <-w.done:
+		if err != nil && b.s.halter.halted() != nil {
+			return b.s.haltedWrite()
+		}
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-b.s.ctx.Done():
 		return ErrClosed
+	case <-b.s.halter.ch:
+		return b.s.haltedWrite()
 	}
 }
 

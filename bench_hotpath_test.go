@@ -69,7 +69,7 @@ func BenchmarkHotFSMApplyBatch(b *testing.B) {
 			b.Cleanup(func() { eng.Close() })
 			stop := make(chan struct{})
 			b.Cleanup(func() { close(stop) })
-			f := newFSM(eng, logging.Discard(), stop)
+			f := newFSM(eng, logging.Discard(), stop, func(error) {})
 			rng := rand.New(rand.NewPCG(1, 2))
 			// A few distinct commands, reused: encoding is not measured here.
 			cmds := make([][]byte, 8)

@@ -123,14 +123,18 @@ func decodeRecord(b []byte) (record, error) {
 type fsm struct {
 	eng    storage.Engine
 	logger *slog.Logger
-	stop   <-chan struct{} // closed when the Store shuts down
+	stop   <-chan struct{} // closed when the Store begins to close
+	halt   func(error)     // stops this member (halt.go)
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
 	// abandoned is set when a batch could not be applied before the Store
-	// stopped: from then on nothing is applied or snapshotted, so that no
-	// later index can cover the hole.
+	// stopped, or the member halted: from then on nothing is applied or
+	// snapshotted, so that no later index can cover the hole.
 	abandoned atomic.Bool
+	// stuck holds the error of a batch that waits for disk space to be
+	// applied (nil while apply goes on).
+	stuck atomic.Pointer[error]
 
 	// Bytes of entries applied since the last snapshot; past snapBytes
 	// one signal on wantSnap asks the Store for a snapshot.
@@ -144,8 +148,17 @@ var (
 	_ raft.BatchingFSM = (*fsm)(nil)
 )
 
-func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}) *fsm {
-	return &fsm{eng: eng, logger: logger, stop: stop, applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
+func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}, halt func(error)) *fsm {
+	return &fsm{eng: eng, logger: logger, stop: stop, halt: halt, applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
+}
+
+// stuckErr returns the error that keeps the state machine from applying
+// while it waits for disk space, or nil.
+func (f *fsm) stuckErr() error {
+	if p := f.stuck.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Apply implements raft.FSM.
@@ -161,10 +174,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		return resp
 	}
 	if f.abandoned.Load() {
-		for i := range resp {
-			resp[i] = ErrClosed
-		}
-		return resp
+		return f.failAll(resp)
 	}
 	last := logs[len(logs)-1].Index
 	from := f.eng.AppliedIndex()
@@ -190,25 +200,43 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return nil
 	}
-	// A failed commit (disk full, I/O error) must not be skipped: later
-	// entries build on this one. Retry until it works or the Store stops.
+	// A batch that failed must not be skipped: later entries build on it.
+	// Damage stops this member at once; a full disk is waited out (reads
+	// of what is applied go on, and writes are refused meanwhile); any
+	// other error is retried for applyRetryLimit before the member stops.
+	start := time.Now()
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
 		err := f.eng.Update(last, apply)
 		if err == nil {
+			if f.stuck.Swap(nil) != nil {
+				f.logger.Info("applying committed entries again: the disk has space", "index", last)
+			}
 			break
 		}
-		if errors.Is(err, storage.ErrCorrupt) {
-			f.logger.Error("applying committed entries failed: the data file is damaged; this member cannot go on until it is rebuilt (see kv.Rebuild)", "index", last, "error", err, "retry_in", delay)
-		} else {
+		switch {
+		case errors.Is(err, storage.ErrClosed):
+			f.abandoned.Store(true)
+		case errors.Is(err, storage.ErrCorrupt):
+			f.halt(fmt.Errorf("apply entries up to index %d: %w", last, err))
+			f.abandoned.Store(true)
+		case errors.Is(err, storage.ErrDiskFull):
+			if f.stuck.Swap(&err) == nil {
+				f.logger.Error("applying committed entries waits for disk space; writes are refused meanwhile", "index", last, "error", err)
+				f.notify()
+			}
+		case time.Since(start) >= applyRetryLimit:
+			f.halt(fmt.Errorf("apply entries up to index %d failed for %v: %w", last, applyRetryLimit, err))
+			f.abandoned.Store(true)
+		default:
 			f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
+		}
+		if f.abandoned.Load() {
+			return f.failAll(resp)
 		}
 		select {
 		case <-f.stop:
 			f.abandoned.Store(true)
-			for i := range resp {
-				resp[i] = ErrClosed
-			}
-			return resp
+			return f.failAll(resp)
 		case <-time.After(delay):
 		}
 	}
@@ -224,6 +252,18 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			default:
 			}
 		}
+	}
+	return resp
+}
+
+// applyRetryLimit is how long the state machine retries a batch that fails
+// for a reason other than damage or a full disk before the member stops.
+const applyRetryLimit = 10 * time.Second
+
+// failAll answers every entry of a batch that will not be applied here.
+func (f *fsm) failAll(resp []any) []any {
+	for i := range resp {
+		resp[i] = ErrClosed
 	}
 	return resp
 }

@@ -72,7 +72,7 @@ func newTestFSM(t *testing.T, eng storage.Engine) *fsm {
 	t.Helper()
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	return newFSM(eng, logging.Discard(), stop)
+	return newFSM(eng, logging.Discard(), stop, func(error) {})
 }
 
 func setOp(k, v string) op { return op{Kind: opSet, Key: k, Value: []byte(v)} }
@@ -521,7 +521,7 @@ func TestFSMApplyStopsRetryingOnShutdown(t *testing.T) {
 	eng := &countingEngine{Engine: storage.NewMemory(), failUpdates: 1 << 30}
 	stop := make(chan struct{})
 	close(stop)
-	f := newFSM(eng, logging.Discard(), stop)
+	f := newFSM(eng, logging.Discard(), stop, func(error) {})
 	resp := f.ApplyBatch([]*raft.Log{cmdLog(t, 1, setOp("k", "v")), configLog(2)})
 	for i, r := range resp {
 		if r != ErrClosed {

@@ -83,6 +83,7 @@ type Store struct {
 	keyring   *memberlist.Keyring // nil without Config.GossipKey
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt atomic.Bool
+	halter *halter
 }
 
 func init() {
@@ -111,7 +112,7 @@ func Open(cfg Config) (*Store, error) {
 	logger = logger.With("node", cfg.NodeID)
 	warnInsecure(cfg, logger)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{})}
+	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{}), halter: newHalter()}
 	s.batch = newBatcher(s)
 	s.fwd = newForwarder(s)
 	s.health = newHealth()
@@ -169,7 +170,7 @@ func (s *Store) open() error {
 			return err
 		}
 	}
-	s.fsm = newFSM(s.eng, s.logger, s.raftStop)
+	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt)
 	s.fsm.snapBytes = cfg.SnapshotBytes
 
 	// Transport.
@@ -258,9 +259,13 @@ func (s *Store) open() error {
 	if err != nil {
 		return err
 	}
-	s.raft, err = raft.NewRaft(rc, s.fsm, logStore, stableStore, s.snaps, s.trans)
+	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt}
+	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
+	}
+	if err := s.halter.halted(); err != nil {
+		return err
 	}
 
 	s.logger.Info("started", "addr", s.Addr(), "gossip", s.GossipAddr(), "existing_state", hasState, "in_memory", cfg.InMemory)

@@ -72,8 +72,8 @@ func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte
 // the same consistency as Get. Limit and After page through large results.
 // The returned slice and its values are the caller's.
 func (s *Store) List(ctx context.Context, prefix string, opts ...ReadOption) ([]Pair, error) {
-	if s.isClosed() {
-		return nil, ErrClosed
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
 	ro := collect(opts)
 	if !ro.stale {
@@ -133,8 +133,8 @@ func (s *Store) linearize(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return s.giveUp(err, last)
 		}
-		if s.isClosed() {
-			return ErrClosed
+		if err := s.usable(); err != nil {
+			return err
 		}
 		idx, err := s.readIndex(ctx)
 		if err == nil {
@@ -255,12 +255,19 @@ func (s *Store) runVerify() {
 	}
 }
 
-// waitApplied waits until the state machine has applied index.
+// waitApplied waits until the state machine has applied index. It fails
+// at once when this member halts, or cannot apply for want of disk space.
 func (s *Store) waitApplied(ctx context.Context, index uint64) error {
 	for {
 		ch := s.fsm.appliedChan()
 		if s.eng.AppliedIndex() >= index {
 			return nil
+		}
+		if err := s.halter.halted(); err != nil {
+			return err
+		}
+		if err := s.fsm.stuckErr(); err != nil {
+			return fmt.Errorf("kv: this member cannot apply index %d yet: %w", index, err)
 		}
 		select {
 		case <-ch:
@@ -268,6 +275,7 @@ func (s *Store) waitApplied(ctx context.Context, index uint64) error {
 			return fmt.Errorf("kv: wait for index %d: %w", index, ctx.Err())
 		case <-s.ctx.Done():
 			return ErrClosed
+		case <-s.halter.ch:
 		}
 	}
 }

@@ -42,6 +42,10 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 	if s.isClosed() {
 		return nil, &transport.Error{Code: codeClosed, Msg: ErrClosed.Error()}
 	}
+	if err := s.halter.halted(); err != nil && method != methodStatus {
+		// Nothing done: the caller asks whoever leads without us.
+		return nil, &transport.Error{Code: codeNotLeader, Msg: err.Error()}
+	}
 	switch method {
 	case methodApply:
 		c, err := decodeCommand(body)

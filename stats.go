@@ -51,6 +51,10 @@ type Stats struct {
 	// NotPromoted says, on the leader, why each non-voter is not a voter yet
 	// (nil on other members).
 	NotPromoted map[string]string
+	// Halted is why this member stopped taking part (State is then
+	// shutdown): the text of the error every call on it returns. Empty
+	// while it runs.
+	Halted string
 }
 
 // Stats returns this instance's current view. It does not block on the
@@ -58,6 +62,11 @@ type Stats struct {
 func (s *Store) Stats() Stats {
 	st := Stats{NodeID: s.cfg.NodeID, State: StateShutdown}
 	if s.isClosed() {
+		return st
+	}
+	if err := s.halter.halted(); err != nil {
+		st.Halted = err.Error()
+		st.AppliedIndex = s.eng.AppliedIndex()
 		return st
 	}
 	switch s.raft.State() {

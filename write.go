@@ -87,8 +87,8 @@ func (s *Store) async(c *command) *Future {
 }
 
 func (s *Store) validate(key string, value []byte) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	return s.validateOps([]op{{Key: key, Value: value}})
 }
@@ -116,8 +116,8 @@ func (s *Store) write(ctx context.Context, c *command) error {
 		if err := ctx.Err(); err != nil {
 			return s.giveUp(err, last)
 		}
-		if s.isClosed() {
-			return ErrClosed
+		if err := s.usable(); err != nil {
+			return err
 		}
 		err, retry := s.writeOnce(ctx, c)
 		if err == nil || !retry {
@@ -146,8 +146,8 @@ func (s *Store) writeOnce(ctx context.Context, c *command) (err error, retry boo
 
 // giveUp is the error of a call that ran out of time while retrying.
 func (s *Store) giveUp(ctxErr, last error) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	if last == nil {
 		return fmt.Errorf("kv: %w", ctxErr)

@@ -877,3 +877,42 @@ func TestRaftNetworkTransportOverMux(t *testing.T) {
 	}
 	<-got2
 }
+
+func TestStreamLayerFenceCutsRaftTraffic(t *testing.T) {
+	m1 := startMux(t, MuxConfig{})
+	m2 := startMux(t, MuxConfig{})
+	sl := m1.Raft()
+	raw := dialRaw(t, m1.Addr().String())
+	if _, err := raw.Write([]byte{ProtoRaft}); err != nil {
+		t.Fatal(err)
+	}
+	in := acceptWithin(t, sl)
+	defer in.Close()
+	out, err := sl.Dial(raft.ServerAddress(m2.Addr().String()), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	peer := acceptWithin(t, m2.Raft())
+
+	sl.Fence()
+	expectClosedByPeer(t, raw)
+	expectClosedByPeer(t, peer)
+	if _, err := sl.Dial(raft.ServerAddress(m2.Addr().String()), waitTimeout); err == nil {
+		t.Fatal("Dial after Fence succeeded")
+	}
+	// A new inbound connection is dropped, not handed to raft.
+	raw2 := dialRaw(t, m1.Addr().String())
+	if _, err := raw2.Write([]byte{ProtoRaft}); err != nil {
+		t.Fatal(err)
+	}
+	expectClosedByPeer(t, raw2)
+	if n := sl.tracked(); n != 0 {
+		t.Fatalf("layer tracks %d connections after Fence", n)
+	}
+	// The other protocols on the port are not affected, and Close still
+	// works.
+	if err := sl.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -22,10 +23,14 @@ type StreamLayer struct {
 	mu      sync.Mutex
 	conns   map[*streamConn]struct{}
 	shut    bool
+	fenced  bool
 	inbound sync.WaitGroup // accepted connections their owner has not closed yet
 }
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
+
+// errFenced is Dial's error once the layer is closed or fenced.
+var errFenced = errors.New("transport: raft traffic stopped on this member")
 
 func newStreamLayer(m *Mux) *StreamLayer {
 	return &StreamLayer{m: m, ch: make(chan net.Conn), closed: make(chan struct{}), conns: map[*streamConn]struct{}{}}
@@ -54,7 +59,7 @@ func (c *streamConn) Close() error {
 func (s *StreamLayer) track(c net.Conn, inbound bool) (net.Conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shut {
+	if s.shut || s.fenced {
 		c.Close()
 		return nil, false
 	}
@@ -87,8 +92,15 @@ func (s *StreamLayer) WaitInbound(timeout time.Duration) bool {
 }
 
 // handoff passes an inbound connection to Accept, or closes it when the layer
-// is closed.
+// is closed or fenced.
 func (s *StreamLayer) handoff(c net.Conn) {
+	s.mu.Lock()
+	fenced := s.fenced
+	s.mu.Unlock()
+	if fenced {
+		c.Close()
+		return
+	}
 	select {
 	case s.ch <- c:
 	case <-s.closed:
@@ -129,6 +141,22 @@ func (s *StreamLayer) close() {
 	}
 }
 
+// Fence cuts the member off Raft for good: every connection of the layer
+// is closed, connections that arrive later are dropped, and Dial fails. Raft
+// keeps running on the member but can neither send nor receive, so it
+// neither leads nor votes: the way a member that cannot go on stops taking
+// part at once, without waiting for raft's own shutdown.
+func (s *StreamLayer) Fence() {
+	s.mu.Lock()
+	s.fenced = true
+	conns := s.conns
+	s.conns = map[*streamConn]struct{}{}
+	s.mu.Unlock()
+	for c := range conns {
+		c.Conn.Close() // the owner's Close still runs once (inbound count)
+	}
+}
+
 // Addr implements net.Listener: the advertised address.
 func (s *StreamLayer) Addr() net.Addr { return s.m.Addr() }
 
@@ -142,7 +170,13 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	}
 	tc, ok := s.track(c, false)
 	if !ok {
-		return nil, net.ErrClosed
+		s.mu.Lock()
+		shut := s.shut
+		s.mu.Unlock()
+		if shut {
+			return nil, net.ErrClosed
+		}
+		return nil, errFenced
 	}
 	return tc, nil
 }

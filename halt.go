@@ -1,0 +1,79 @@
+package kv
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cohortkv/kv/storage"
+)
+
+// A member that cannot go on (its state machine cannot apply a committed
+// entry, or its Raft storage fails where raft itself would panic) halts:
+// it fences itself off the Raft network at once, so that it neither leads
+// nor votes and the others elect a leader without it; it applies nothing
+// more; and every call on it returns the halt error, which wraps ErrCorrupt
+// or ErrDiskFull. Raft keeps running, cut off, until Close, so that no
+// future raft hands out is left unanswered. The member is repaired with
+// Rebuild, or, for a disk that was full, by a restart once space is back.
+type halter struct {
+	once sync.Once
+	ch   chan struct{} // closed when the member halts
+	err  atomic.Pointer[error]
+}
+
+func newHalter() *halter { return &halter{ch: make(chan struct{})} }
+
+// halted returns the halt error, or nil.
+func (h *halter) halted() error {
+	if p := h.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// halt stops this member from taking part in the cluster. It never blocks
+// on raft: it runs on raft's own goroutines, inside storage calls.
+func (s *Store) halt(cause error) {
+	s.halter.once.Do(func() {
+		err := cause
+		if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrDiskFull) {
+			err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		err = fmt.Errorf("kv: member %s halted, it cannot go on (restart it once the disk has space, or repair it with Rebuild): %w", s.cfg.NodeID, err)
+		s.halter.err.Store(&err)
+		if s.mux != nil {
+			s.mux.Raft().Fence()
+		}
+		if s.fsm != nil {
+			s.fsm.abandoned.Store(true)
+			s.fsm.notify()
+		}
+		close(s.halter.ch)
+		s.logger.Error("member halted: it no longer takes part in Raft, and every call on it fails; the other members go on without it", "error", cause)
+	})
+}
+
+// usable returns ErrClosed after Close, the halt error once halted, and nil
+// otherwise.
+func (s *Store) usable() error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	return s.halter.halted()
+}
+
+// haltedWrite is the error of a write caught by a halt after it was handed
+// to Raft: the others may still commit it.
+func (s *Store) haltedWrite() error {
+	return fmt.Errorf("%w (%w)", s.halter.halted(), ErrLeadershipLost)
+}
+
+// ErrDiskFull is wrapped by the errors of calls refused because a file
+// system of this member has no space left: writes while the Raft log or
+// the data file cannot grow (nothing was written), and every call on a
+// member that halted for it. Reads of what is stored keep working while
+// the member can still apply. Writes resume on their own once space is
+// freed.
+var ErrDiskFull = storage.ErrDiskFull
