@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -255,12 +256,21 @@ func (s *Store) runVerify() {
 	}
 }
 
-// waitApplied waits until the state machine has applied index. It fails
-// at once when this member halts, or cannot apply for want of disk space.
+// waitApplied waits until the state machine has applied index, or raft
+// has applied it and nothing between is an entry the state machine sees
+// (raft's no-op and barrier entries never reach it). It fails at once when
+// this member halts, or cannot apply for want of disk space.
 func (s *Store) waitApplied(ctx context.Context, index uint64) error {
+	var poll *time.Ticker
+	defer func() {
+		if poll != nil {
+			poll.Stop()
+		}
+	}()
 	for {
 		ch := s.fsm.appliedChan()
-		if s.eng.AppliedIndex() >= index {
+		applied := s.eng.AppliedIndex()
+		if applied >= index || s.noDataBetween(applied, index) {
 			return nil
 		}
 		if err := s.halter.halted(); err != nil {
@@ -269,8 +279,14 @@ func (s *Store) waitApplied(ctx context.Context, index uint64) error {
 		if err := s.fsm.stuckErr(); err != nil {
 			return fmt.Errorf("kv: this member cannot apply index %d yet: %w", index, err)
 		}
+		if poll == nil {
+			// Raft applies no-op entries without telling the state
+			// machine: look again now and then.
+			poll = time.NewTicker(5 * time.Millisecond)
+		}
 		select {
 		case <-ch:
+		case <-poll.C:
 		case <-ctx.Done():
 			return fmt.Errorf("kv: wait for index %d: %w", index, ctx.Err())
 		case <-s.ctx.Done():
@@ -278,4 +294,20 @@ func (s *Store) waitApplied(ctx context.Context, index uint64) error {
 		case <-s.halter.ch:
 		}
 	}
+}
+
+// noDataBetween says whether raft has applied index and no entry in
+// (applied, index] is one the state machine applies: then the data already
+// reflects index.
+func (s *Store) noDataBetween(applied, index uint64) bool {
+	if s.rlog == nil || index-applied > 1024 || s.raft.AppliedIndex() < index {
+		return false
+	}
+	var l raft.Log
+	for i := applied + 1; i <= index; i++ {
+		if err := s.rlog.GetLog(i, &l); err != nil || l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
 }

@@ -245,3 +245,20 @@ func Reindex(r io.Reader, index uint64, w io.Writer) error {
 	}
 	return sw.finish()
 }
+
+// SnapshotHeaderSize is the size of the header that begins a snapshot
+// stream.
+const SnapshotHeaderSize = 17
+
+// SnapshotIndex returns the applied index recorded in hdr, the first
+// SnapshotHeaderSize bytes of a snapshot stream. A header that is not one
+// wraps ErrCorruptSnapshot.
+func SnapshotIndex(hdr []byte) (uint64, error) {
+	if len(hdr) < SnapshotHeaderSize || string(hdr[:8]) != snapMagic {
+		return 0, corrupt("header", errors.New("bad magic"))
+	}
+	if hdr[8] != snapVersion {
+		return 0, fmt.Errorf("%w: unsupported version %d", ErrCorruptSnapshot, hdr[8])
+	}
+	return binary.BigEndian.Uint64(hdr[9:]), nil
+}
