@@ -86,6 +86,9 @@ type Store struct {
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt atomic.Bool
 	halter *halter
+	// While the disk is full: when a write last tried to make room.
+	probeMu   sync.Mutex
+	lastProbe time.Time
 }
 
 func init() {

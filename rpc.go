@@ -33,6 +33,7 @@ const (
 	codeBadRequest uint8 = 3 // the command is invalid
 	codeUnknown    uint8 = 4 // the write may or may not have been applied
 	codeTimeout    uint8 = 5 // the caller's deadline passed on the leader
+	codeDiskFull   uint8 = 6 // refused for want of disk space, nothing done
 )
 
 // errNotLeader is the internal, retryable "ask the leader" condition.
@@ -89,6 +90,8 @@ func toWire(err error) error {
 		return nil
 	case errors.Is(err, errNotLeader):
 		return &transport.Error{Code: codeNotLeader, Msg: err.Error()}
+	case errors.Is(err, errDiskFullRefused):
+		return &transport.Error{Code: codeDiskFull, Msg: err.Error()}
 	case errors.Is(err, ErrClosed):
 		return &transport.Error{Code: codeClosed, Msg: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
@@ -112,6 +115,8 @@ func fromWire(err error) (out error, retry bool) {
 			return errNotLeader, true
 		case codeBadRequest:
 			return fmt.Errorf("%w: %s", errRefused, re.Msg), false
+		case codeDiskFull:
+			return fmt.Errorf("kv: leader: %s: %w", re.Msg, errDiskFullRefused), false
 		case codeTimeout:
 			return fmt.Errorf("%w: %s", context.DeadlineExceeded, re.Msg), false
 		case codeUnknown:

@@ -167,6 +167,9 @@ func (s *Store) applyLocal(ctx context.Context, ops []op) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.diskFullRefusal(); err != nil {
+		return err
+	}
 	return s.batch.submit(ctx, ops)
 }
 
