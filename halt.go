@@ -6,6 +6,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/cohortkv/kv/internal/logging"
 	"github.com/cohortkv/kv/storage"
 )
 
@@ -51,8 +54,20 @@ func (s *Store) halt(cause error) {
 			s.fsm.notify()
 		}
 		close(s.halter.ch)
+		// Cut off, raft would log a failed vote request to every peer at
+		// each election timeout until Close.
+		for _, l := range s.raftLogs {
+			l.SetLevel(hclog.Off)
+		}
 		s.logger.Error("member halted: it no longer takes part in Raft, and every call on it fails; the other members go on without it", "error", cause)
 	})
+}
+
+// raftLogger is raft's logger under name, silenced when the member halts.
+func (s *Store) raftLogger(name string) hclog.Logger {
+	l := logging.HCLog(s.logger, name)
+	s.raftLogs = append(s.raftLogs, l)
+	return l
 }
 
 // usable returns ErrClosed after Close, the halt error once halted, and nil

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
@@ -84,8 +85,9 @@ type Store struct {
 	closeErr  error
 	keyring   *memberlist.Keyring // nil without Config.GossipKey
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
-	abrupt atomic.Bool
-	halter *halter
+	abrupt   atomic.Bool
+	halter   *halter
+	raftLogs []hclog.Logger // silenced at a halt
 	// While the disk is full: when a write last tried to make room.
 	probeMu   sync.Mutex
 	lastProbe time.Time
@@ -214,12 +216,12 @@ func (s *Store) open() error {
 		Stream:                s.mux.Raft(),
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
-		Logger:                logging.HCLog(s.logger, "raft-net"),
+		Logger:                s.raftLogger("raft-net"),
 		ServerAddressProvider: addressBook{s},
 	})
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
-	rc.Logger = logging.HCLog(s.logger, "raft")
+	rc.Logger = s.raftLogger("raft")
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
