@@ -69,6 +69,7 @@ type shadowFile struct {
 	durable []byte     // the content as of the last successful sync
 	dirty   [][2]int64 // ranges written since then
 	resized bool       // truncated since then
+	lost    bool       // a failed sync dropped writes: the file differs from durable
 }
 
 // dirOp is a creation (from == "") or a rename in a directory that no sync
@@ -141,7 +142,7 @@ func (fs *faultSet) synced(f *os.File) {
 func (fs *faultSet) powerLoss() {
 	fs.crashed = true
 	for path, sh := range fs.files {
-		if len(sh.dirty) == 0 && !sh.resized {
+		if len(sh.dirty) == 0 && !sh.resized && !sh.lost {
 			continue
 		}
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -151,7 +152,7 @@ func (fs *faultSet) powerLoss() {
 		_, _ = f.WriteAt(sh.durable, 0)
 		_ = f.Truncate(int64(len(sh.durable)))
 		_ = f.Close()
-		sh.dirty, sh.resized = nil, false
+		sh.dirty, sh.resized, sh.lost = nil, false, false
 	}
 	for _, ops := range fs.dirOps {
 		for i := len(ops) - 1; i >= 0; i-- {
@@ -250,8 +251,8 @@ func fsSync(f *os.File, full bool) error {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if err := fs.enter(opSync, f.Name()); err != nil {
-		if sh := fs.files[f.Name()]; sh != nil {
-			sh.dirty = nil
+		if sh := fs.files[f.Name()]; sh != nil && len(sh.dirty) > 0 {
+			sh.dirty, sh.lost = nil, true
 		}
 		return err
 	}
