@@ -58,6 +58,7 @@ type faultSet struct {
 	op      faultOp
 	n       int   // fail the nth operation of op (1-based); 0: none
 	err     error // what it fails with; nil: a power loss
+	sticky  bool  // fail every operation of op from the nth on, not only the nth
 	fired   bool
 	crashed bool
 	files   map[string]*shadowFile
@@ -91,7 +92,7 @@ func (fs *faultSet) enter(op faultOp, path string) error {
 		return &os.PathError{Op: op.String(), Path: path, Err: errPowerLost}
 	}
 	fs.counts[op]++
-	if fs.fired || fs.n == 0 || op != fs.op || fs.counts[op] != fs.n {
+	if fs.n == 0 || op != fs.op || (fs.sticky && fs.counts[op] < fs.n) || (!fs.sticky && (fs.fired || fs.counts[op] != fs.n)) {
 		return nil
 	}
 	fs.fired = true
