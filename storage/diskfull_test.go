@@ -50,7 +50,7 @@ func fillTail(t *testing.T, s *LogStore, next uint64, n int, data []byte) uint64
 		for _, l := range logs {
 			size += tailFrameHeader + encodedLogSize(l)
 		}
-		if s.tailOff+size > s.tailLen-tailReserve {
+		if s.tailOff+size > s.tailLen-tailHeaderSize-tailReserve {
 			if n == 1 && data == nil {
 				return next
 			}

@@ -178,6 +178,15 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 			_ = db.Close()
 			return nil, err
 		}
+		// The files created above (bbolt's, the state file, the tail)
+		// durable in the directory; at every Open, in case an earlier one
+		// failed before it got here.
+		if err := fsSyncDir(dirOf(path)); err != nil {
+			s.tail.Close()
+			_ = s.state.close()
+			_ = db.Close()
+			return nil, fmt.Errorf("storage: sync dir of %s: %w", path, diskFull(err))
+		}
 	}
 	return s, nil
 }

@@ -25,12 +25,18 @@ import (
 // The file is written full of zeros when created and never grows, so an
 // fdatasync has no size to record: one disk flush per append.
 //
-// Layout: a header of tailHeaderSize bytes, then frames. Header:
+// Layout: a header of tailHeaderSize bytes, frames, and a copy of the
+// header in the last tailHeaderSize bytes of the file (frames never reach
+// it). Header:
 //
 //	magic   4 bytes  tailMagic, big-endian
 //	epoch   4 bytes  big-endian, one more than the epoch before
 //	salt    8 bytes  random (crypto/rand), new for each epoch
 //	CRC-32C 4 bytes  big-endian, over the 16 bytes before
+//
+// A new epoch writes and syncs the copy, then the header: if a crash (or
+// damage) leaves the header bad, its copy holds the epoch. A header is
+// only written once every record of the tail is in the bbolt file.
 //
 // Frame (tailFrameHeader bytes, then the record):
 //
@@ -125,12 +131,11 @@ func (s *LogStore) openTail() error {
 		if _, err := fsWriteAt(f, make([]byte, int64(s.tailLen)-fi.Size()), fi.Size()); err != nil {
 			return fmt.Errorf("storage: fill log tail %s: %w", path, diskFull(err))
 		}
-		if err := fsSync(f, true); err != nil {
-			return fmt.Errorf("storage: sync log tail %s: %w", path, diskFull(err))
-		}
-		if err := fsSyncDir(dirOf(path)); err != nil {
-			return fmt.Errorf("storage: sync dir of %s: %w", path, err)
-		}
+	}
+	// Its size and zeros durable (again, in case an earlier Open failed
+	// before it synced them); OpenLogStore then syncs the directory.
+	if err := fsSync(f, true); err != nil {
+		return fmt.Errorf("storage: sync log tail %s: %w", path, diskFull(err))
 	}
 	return s.resetTail()
 }
@@ -159,15 +164,12 @@ func (s *LogStore) replayTail(size int64) error {
 		idxs []uint64
 		err  error
 	)
-	switch binary.BigEndian.Uint32(buf) {
-	case tailMagic:
-		recs, idxs, err = s.scanTail(buf)
-	case tailMagicV1:
+	switch magic := binary.BigEndian.Uint32(buf); {
+	case magic == tailMagicV1:
 		recs, idxs = s.scanTailV1(buf)
+	case magic == tailMagic || allZero(buf[:min(len(buf), tailHeaderSize)]):
+		recs, idxs, err = s.scanTail(buf)
 	default:
-		if allZero(buf) {
-			return nil // created, never written
-		}
 		err = fmt.Errorf("%w: log tail %s: bad header", ErrCorruptLog, s.tailPath)
 	}
 	if err != nil || len(recs) == 0 {
@@ -193,15 +195,25 @@ func (s *LogStore) replayTail(size int64) error {
 // scanTail returns the records of the chain of frames of a tail in the
 // current format, and their indexes; it sets s.epoch from the header.
 func (s *LogStore) scanTail(buf []byte) (recs [][]byte, idxs []uint64, err error) {
-	if len(buf) < tailHeaderSize || crc32.Checksum(buf[:16], logCRCTable) != binary.BigEndian.Uint32(buf[16:]) {
-		if len(buf) < tailHeaderSize || !allZero(buf[tailHeaderSize:]) {
-			return nil, nil, fmt.Errorf("%w: log tail %s: bad header", ErrCorruptLog, s.tailPath)
+	epoch, salt, ok := parseTailHeader(buf)
+	if len(buf) >= s.tailLen {
+		// The copy of the header at the end of the file, written first
+		// by resetTail: when the header is torn (or damaged), the copy
+		// holds its epoch.
+		copyAt := len(buf) - tailHeaderSize
+		if !ok {
+			epoch, salt, ok = parseTailHeader(buf[copyAt:])
 		}
-		return nil, nil, nil // a header torn as the file was created
+		buf = buf[:copyAt]
 	}
-	s.epoch = binary.BigEndian.Uint32(buf[4:])
-	var salt [tailSaltSize]byte
-	copy(salt[:], buf[8:16])
+	if !ok {
+		if allZero(buf[:min(len(buf), tailHeaderSize)]) {
+			// Created, and no header written yet: no frames either.
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("%w: log tail %s: bad header", ErrCorruptLog, s.tailPath)
+	}
+	s.epoch = epoch
 	var (
 		l                          raft.Log
 		lastIndex, lastTerm, batch uint64
@@ -240,6 +252,16 @@ func (s *LogStore) scanTail(buf []byte) (recs [][]byte, idxs []uint64, err error
 		}
 	}
 	return recs, idxs, nil
+}
+
+// parseTailHeader decodes a header of the current format at the start of b.
+func parseTailHeader(b []byte) (epoch uint32, salt [tailSaltSize]byte, ok bool) {
+	if len(b) < tailHeaderSize || binary.BigEndian.Uint32(b) != tailMagic ||
+		crc32.Checksum(b[:16], logCRCTable) != binary.BigEndian.Uint32(b[16:]) {
+		return 0, salt, false
+	}
+	copy(salt[:], b[8:16])
+	return binary.BigEndian.Uint32(b[4:]), salt, true
 }
 
 // chainNext says whether l, of a frame of batch b, follows the chain whose
@@ -319,13 +341,17 @@ func (s *LogStore) resetTail() error {
 	binary.BigEndian.PutUint32(hdr[4:], epoch)
 	copy(hdr[8:], salt[:])
 	binary.BigEndian.PutUint32(hdr[16:], crc32.Checksum(hdr[:16], logCRCTable))
-	// The epoch advances even if the write fails: a retry uses another.
+	// The epoch advances even if a write fails: a retry uses another.
 	s.epoch = epoch
-	if _, err := fsWriteAt(s.tail, hdr[:], 0); err != nil {
-		return fmt.Errorf("storage: write log tail %s: %w", s.tailPath, diskFull(err))
-	}
-	if err := fsSync(s.tail, false); err != nil {
-		return fmt.Errorf("storage: sync log tail %s: %w", s.tailPath, diskFull(err))
+	// The copy at the end first, then the header: a write torn by a crash
+	// leaves one of them whole (see scanTail).
+	for _, off := range []int{s.tailLen - tailHeaderSize, 0} {
+		if _, err := fsWriteAt(s.tail, hdr[:], int64(off)); err != nil {
+			return fmt.Errorf("storage: write log tail %s: %w", s.tailPath, diskFull(err))
+		}
+		if err := fsSync(s.tail, false); err != nil {
+			return fmt.Errorf("storage: sync log tail %s: %w", s.tailPath, diskFull(err))
+		}
 	}
 	s.salt, s.tailOff, s.tailBad = salt, tailHeaderSize, false
 	return nil
@@ -398,7 +424,8 @@ func (s *LogStore) appendTail(logs []*raft.Log) (bool, error) {
 	for _, l := range logs {
 		size += tailFrameHeader + encodedLogSize(l)
 	}
-	usable := s.tailLen - tailReserve
+	end := s.tailLen - tailHeaderSize // the header's copy after it
+	usable := end - tailReserve
 	if size > usable-tailHeaderSize {
 		if err := s.checkpoint(); err != nil {
 			return false, err
@@ -414,7 +441,7 @@ func (s *LogStore) appendTail(logs []*raft.Log) (bool, error) {
 			// Out of space for the checkpoint: a batch without commands
 			// goes into the reserve if it fits and the tail is sound.
 			if !errors.Is(err, ErrDiskFull) || s.tailBad || !follows ||
-				hasCommand(logs) || s.tailOff+size > s.tailLen {
+				hasCommand(logs) || s.tailOff+size > end {
 				return false, err
 			}
 		} else {

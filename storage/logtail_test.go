@@ -247,3 +247,24 @@ func TestLogTail_NewFileCutShort(t *testing.T) {
 		t.Fatalf("tail file: %v, %v", fi, err)
 	}
 }
+
+// TestLogTail_DamagedHeaderUsesCopy: with the header damaged, the copy at
+// the end of the file holds the epoch, and the frames are replayed.
+func TestLogTail_DamagedHeaderUsesCopy(t *testing.T) {
+	path, b := crashedTail(t)
+	b[10] ^= 0xFF // in the salt
+	if err := os.WriteFile(path+".tail", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	assertRange(t, openAt(t, path), 1, 30)
+	// Both damaged: Open fails.
+	path, b = crashedTail(t)
+	b[10] ^= 0xFF
+	b[len(b)-10] ^= 0xFF
+	if err := os.WriteFile(path+".tail", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenLogStore(path, LogStoreOptions{}); !errors.Is(err, ErrCorruptLog) {
+		t.Fatalf("OpenLogStore with both headers damaged: %v, want ErrCorruptLog", err)
+	}
+}

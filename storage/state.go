@@ -213,7 +213,7 @@ func createStateFile(path string, db *bolt.DB, noSync bool) error {
 		err = fsRename(tmp, path)
 	}
 	if err == nil && !noSync {
-		err = fsSyncDir(dirOf(path))
+		err = fsSyncDir(dirOf(path)) // OpenLogStore syncs it again at each open
 	}
 	if err != nil {
 		_ = fsRemove(tmp)
