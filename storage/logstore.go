@@ -63,9 +63,14 @@ var ErrCorruptLog = fmt.Errorf("%w log record", ErrCorrupt)
 // recognises a missing stable key by comparing err.Error() with that string.
 var ErrStableKeyNotFound = errors.New("not found")
 
-// LogStore keeps hashicorp/raft's log and stable state in one bbolt file.
-// It implements raft.LogStore and raft.StableStore and is safe for
-// concurrent use.
+// LogStore keeps hashicorp/raft's log and stable state: a bbolt file at
+// path, the log tail beside it (path + ".tail", logtail.go) where new
+// entries go first, and the state file (path + ".state", state.go) for
+// raft's term and vote. It implements raft.LogStore and raft.StableStore
+// and is safe for concurrent use.
+//
+// Errors of writes that failed for lack of space wrap ErrDiskFull; errors
+// of damaged bytes wrap ErrCorrupt (ErrCorruptLog for log records).
 type LogStore struct {
 	db   *bolt.DB
 	path string
@@ -121,9 +126,10 @@ func (s *LogStore) readMapped(tx *bolt.Tx, n int) {
 
 // LogStoreOptions configures OpenLogStore.
 type LogStoreOptions struct {
-	// NoSync skips fsync after each commit. Only for tests or data that may
-	// be lost on a crash. The default (false) makes every StoreLog,
-	// StoreLogs, DeleteRange and Set durable before it returns.
+	// NoSync skips fsync after each commit, and the log tail: entries go
+	// straight into the bbolt file. Only for tests or data that may be lost
+	// on a crash. The default (false) makes every StoreLog, StoreLogs,
+	// DeleteRange and Set durable before it returns.
 	NoSync bool
 }
 
@@ -133,8 +139,10 @@ var (
 )
 
 // OpenLogStore opens (creating if needed) the bbolt file at path and ensures
-// its buckets exist. If another LogStore holds the file, it fails after about
-// one second instead of blocking.
+// its buckets exist, opens the state file (creating it from the bbolt
+// file's values of raft's keys if it does not exist) and replays the log
+// tail into the bbolt file. If another LogStore holds the file, it fails
+// after about one second instead of blocking.
 func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	db, err := openDB(path, "raft log", &bolt.Options{
 		Timeout:         logStoreOpenTimeout,
@@ -410,8 +418,13 @@ func (s *LogStore) StoreLog(log *raft.Log) error {
 	return s.StoreLogs([]*raft.Log{log})
 }
 
-// StoreLogs stores logs in a single bbolt transaction (one commit, one fsync
-// unless NoSync). Existing entries with the same index are overwritten.
+// StoreLogs durably stores logs, whose indexes must be consecutive: one
+// append to the log tail (one write, one fdatasync), or, for a batch larger
+// than the tail or with NoSync, one bbolt transaction. Existing entries with
+// the same index are overwritten. When the tail is full and the checkpoint
+// that empties it fails for lack of space, a batch with raft.LogCommand
+// entries fails with an error wrapping ErrDiskFull, and a batch without
+// goes into the tail's reserve while it has room (see DiskFull).
 func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
