@@ -107,7 +107,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	}
 	// Only once the file's lock is ours: a second process started on the
 	// same DataDir by mistake must not delete a running Restore's file.
-	_ = os.Remove(path + ".restore")
+	_ = fsRemove(path + ".restore")
 	e.db = db
 	if err := e.loadApplied(); err != nil {
 		db.Close()
@@ -532,14 +532,14 @@ const (
 // the data file, synced, checked, and only then renamed over it.
 func (e *Bolt) Restore(r io.Reader) error {
 	tmp := e.path + ".restore"
-	_ = os.Remove(tmp)
+	_ = fsRemove(tmp)
 	ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return fmt.Errorf("storage: restore %s: %w", tmp, err)
 	}
 	fail := func(err error) error {
 		ndb.Close()
-		os.Remove(tmp)
+		fsRemove(tmp)
 		return err
 	}
 	var (
@@ -620,7 +620,7 @@ func (e *Bolt) Restore(r io.Reader) error {
 		}
 	}
 	if err := ndb.Close(); err != nil {
-		os.Remove(tmp)
+		fsRemove(tmp)
 		return fmt.Errorf("storage: restore %s: %w", tmp, err)
 	}
 
@@ -636,16 +636,16 @@ func (e *Bolt) Restore(r io.Reader) error {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		os.Remove(tmp)
+		fsRemove(tmp)
 		return ErrClosed
 	}
-	if err := os.Rename(tmp, e.path); err != nil {
+	if err := fsRename(tmp, e.path); err != nil {
 		e.mu.Unlock()
-		os.Remove(tmp)
+		fsRemove(tmp)
 		return fmt.Errorf("storage: restore %s: %w", e.path, err)
 	}
 	if !e.opts.NoSync {
-		if err := syncDir(filepath.Dir(e.path)); err != nil {
+		if err := fsSyncDir(filepath.Dir(e.path)); err != nil {
 			e.mu.Unlock()
 			return fmt.Errorf("storage: restore %s: sync dir: %w", e.path, err)
 		}
@@ -689,6 +689,7 @@ func (e *Bolt) Close() error {
 	return errors.Join(ferr, e.db.Close())
 }
 
+// syncDir fsyncs the directory dir (callers go through fsSyncDir).
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

@@ -63,9 +63,14 @@ var ErrCorruptLog = fmt.Errorf("%w log record", ErrCorrupt)
 // recognises a missing stable key by comparing err.Error() with that string.
 var ErrStableKeyNotFound = errors.New("not found")
 
-// LogStore keeps hashicorp/raft's log and stable state in one bbolt file.
-// It implements raft.LogStore and raft.StableStore and is safe for
-// concurrent use.
+// LogStore keeps hashicorp/raft's log and stable state: a bbolt file at
+// path, the log tail beside it (path + ".tail", logtail.go) where new
+// entries go first, and the state file (path + ".state", state.go) for
+// raft's term and vote. It implements raft.LogStore and raft.StableStore
+// and is safe for concurrent use.
+//
+// Errors of writes that failed for lack of space wrap ErrDiskFull; errors
+// of damaged bytes wrap ErrCorrupt (ErrCorruptLog for log records).
 type LogStore struct {
 	db   *bolt.DB
 	path string
@@ -84,15 +89,27 @@ type LogStore struct {
 	// releaseMapped (see readMapped).
 	read atomic.Int64
 
-	// The log tail (logtail.go), nil with NoSync. tail, tailPath, epoch
-	// and tailOff are guarded by writeMu; mem, the records in the tail, by
-	// memMu.
+	// The log tail (logtail.go), nil with NoSync. tail, tailPath, tailLen,
+	// epoch, salt, tailOff and tailBad are guarded by writeMu; mem, the
+	// records in the tail, by memMu.
 	tail     *os.File
 	tailPath string
+	tailLen  int // the size of the tail file
 	epoch    uint32
+	salt     [tailSaltSize]byte
 	tailOff  int
+	tailBad  bool // no appends before a new epoch's header is durable
 	memMu    sync.RWMutex
 	mem      tailRun
+
+	// full is set when a write failed for lack of space, and cleared by a
+	// checkpoint that succeeds (see DiskFull).
+	full atomic.Bool
+	// shut is set by Close, under writeMu.
+	shut bool
+
+	// state holds raft's term and vote (state.go).
+	state *stateFile
 }
 
 // readMapped counts n bytes read through the mapping of tx and, every
@@ -109,9 +126,10 @@ func (s *LogStore) readMapped(tx *bolt.Tx, n int) {
 
 // LogStoreOptions configures OpenLogStore.
 type LogStoreOptions struct {
-	// NoSync skips fsync after each commit. Only for tests or data that may
-	// be lost on a crash. The default (false) makes every StoreLog,
-	// StoreLogs, DeleteRange and Set durable before it returns.
+	// NoSync skips fsync after each commit, and the log tail: entries go
+	// straight into the bbolt file. Only for tests or data that may be lost
+	// on a crash. The default (false) makes every StoreLog, StoreLogs,
+	// DeleteRange and Set durable before it returns.
 	NoSync bool
 }
 
@@ -121,8 +139,10 @@ var (
 )
 
 // OpenLogStore opens (creating if needed) the bbolt file at path and ensures
-// its buckets exist. If another LogStore holds the file, it fails after about
-// one second instead of blocking.
+// its buckets exist, opens the state file (creating it from the bbolt
+// file's values of raft's keys if it does not exist) and replays the log
+// tail into the bbolt file. If another LogStore holds the file, it fails
+// after about one second instead of blocking.
 func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	db, err := openDB(path, "raft log", &bolt.Options{
 		Timeout:         logStoreOpenTimeout,
@@ -152,13 +172,28 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	// them from resident memory (see releaseMapped).
 	_ = releaseMapped(path, db.Info().Data)
 	s := &LogStore{db: db, path: path}
+	s.state, err = openStateFile(path+".state", db, opts.NoSync)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if !opts.NoSync {
 		if err := s.openTail(); err != nil {
 			if s.tail != nil {
 				s.tail.Close()
 			}
+			_ = s.state.close()
 			_ = db.Close()
 			return nil, err
+		}
+		// The files created above (bbolt's, the state file, the tail)
+		// durable in the directory; at every Open, in case an earlier one
+		// failed before it got here.
+		if err := fsSyncDir(dirOf(path)); err != nil {
+			s.tail.Close()
+			_ = s.state.close()
+			_ = db.Close()
+			return nil, fmt.Errorf("storage: sync dir of %s: %w", path, diskFull(err))
 		}
 	}
 	return s, nil
@@ -174,13 +209,15 @@ func (s *LogStore) Close() error {
 	}
 	s.closed = true
 	var errs []error
+	s.writeMu.Lock()
 	if s.tail != nil {
 		// Into the bbolt file, so that the next Open has nothing to replay;
 		// if it fails the tail keeps the records.
-		s.writeMu.Lock()
 		errs = append(errs, s.checkpoint(), s.tail.Close())
-		s.writeMu.Unlock()
 	}
+	s.shut = true
+	s.writeMu.Unlock()
+	errs = append(errs, s.state.close())
 	if err := s.db.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("storage: close log store %s: %w", s.path, err))
 	}
@@ -193,8 +230,46 @@ func (s *LogStore) view(fn func(*bolt.Tx) error) error {
 	return guard(s.path, "raft log", func() error { return s.db.View(fn) })
 }
 
+// update wraps an error for lack of space with ErrDiskFull; the fault
+// seam can fail it before it starts.
 func (s *LogStore) update(fn func(*bolt.Tx) error) error {
-	return guard(s.path, "raft log", func() error { return s.db.Update(fn) })
+	if err := fsCommit(s.path); err != nil {
+		return diskFull(err)
+	}
+	return diskFull(guard(s.path, "raft log", func() error { return s.db.Update(fn) }))
+}
+
+// noteFull records a write that failed for lack of space (see DiskFull).
+func (s *LogStore) noteFull(err error) error {
+	if errors.Is(err, ErrDiskFull) {
+		s.full.Store(true)
+	}
+	return err
+}
+
+// DiskFull reports whether a write of the store failed for lack of space
+// and no checkpoint has succeeded since. While it is true, StoreLogs still
+// takes batches as long as the log tail has room, and batches without
+// raft.LogCommand entries into the tail's reserve; a batch with commands
+// that needs a checkpoint fails with an error wrapping ErrDiskFull. Safe for
+// concurrent use.
+func (s *LogStore) DiskFull() bool { return s.full.Load() }
+
+// Checkpoint moves the entries held in the log tail into the bbolt file
+// now and starts the tail over. It returns nil, and clears DiskFull, when
+// that succeeds (with nothing in the tail, it needs no space); an error
+// wrapping ErrDiskFull while there is still no room. After Close it returns
+// ErrClosed.
+func (s *LogStore) Checkpoint() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.shut {
+		return ErrClosed
+	}
+	if err := s.checkpoint(); err != nil {
+		return fmt.Errorf("storage: checkpoint: %w", err)
+	}
+	return nil
 }
 
 // Path returns the path of the bbolt file.
@@ -343,19 +418,27 @@ func (s *LogStore) StoreLog(log *raft.Log) error {
 	return s.StoreLogs([]*raft.Log{log})
 }
 
-// StoreLogs stores logs in a single bbolt transaction (one commit, one fsync
-// unless NoSync). Existing entries with the same index are overwritten.
+// StoreLogs durably stores logs, whose indexes must be consecutive: one
+// append to the log tail (one write, one fdatasync), or, for a batch larger
+// than the tail or with NoSync, one bbolt transaction. Existing entries with
+// the same index are overwritten. When the tail is full and the checkpoint
+// that empties it fails for lack of space, a batch with raft.LogCommand
+// entries fails with an error wrapping ErrDiskFull, and a batch without
+// goes into the tail's reserve while it has room (see DiskFull).
 func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	if s.shut {
+		return ErrClosed
+	}
 	if s.tail != nil {
 		ok, err := s.appendTail(logs)
 		if err != nil {
-			return fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
-				len(logs), logs[0].Index, logs[len(logs)-1].Index, err)
+			return s.noteFull(fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
+				len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
 		}
 		if ok {
 			return nil
@@ -390,22 +473,31 @@ func (s *LogStore) StoreLogs(logs []*raft.Log) error {
 		s.wbuf = nil
 	}
 	if err != nil {
-		return fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
-			len(logs), logs[0].Index, logs[len(logs)-1].Index, err)
+		return s.noteFull(fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
+			len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
 	}
 	return nil
 }
 
 // DeleteRange deletes the logs with indexes in [min, max], inclusive, in one
-// transaction.
+// transaction. A range that reaches into the entries held in the log tail
+// checkpoints first; one below them (compaction) does not.
 func (s *LogStore) DeleteRange(min, max uint64) error {
 	if min > max {
 		return nil
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if err := s.checkpoint(); err != nil {
-		return fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err)
+	if s.shut {
+		return ErrClosed
+	}
+	s.memMu.RLock()
+	run := s.mem
+	s.memMu.RUnlock()
+	if s.tailBad || (len(run.recs) > 0 && max >= run.first) {
+		if err := s.checkpoint(); err != nil {
+			return s.noteFull(fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err))
+		}
 	}
 	var minKey, maxKey [8]byte
 	binary.BigEndian.PutUint64(minKey[:], min)
@@ -426,18 +518,26 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err)
+		return s.noteFull(fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err))
 	}
 	return nil
 }
 
-// Set durably stores val under key in the stable store.
+// Set durably stores val under key in the stable store. Raft's term and
+// vote (CurrentTerm, LastVoteTerm, LastVoteCand) go to the state file,
+// where a write needs no new space; other keys to the bbolt file.
 func (s *LogStore) Set(key []byte, val []byte) error {
+	if i := stateKeyIndex(key); i >= 0 {
+		if err := s.state.put(i, val); err != nil {
+			return fmt.Errorf("storage: set %q: %w", key, err)
+		}
+		return nil
+	}
 	err := s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(logStoreBucketConf).Put(key, val)
 	})
 	if err != nil {
-		return fmt.Errorf("storage: set %q: %w", key, err)
+		return s.noteFull(fmt.Errorf("storage: set %q: %w", key, err))
 	}
 	return nil
 }
@@ -445,6 +545,12 @@ func (s *LogStore) Set(key []byte, val []byte) error {
 // Get returns a copy of the value stored under key. A missing key yields
 // (nil, ErrStableKeyNotFound), whose text is exactly "not found" as raft expects.
 func (s *LogStore) Get(key []byte) ([]byte, error) {
+	if i := stateKeyIndex(key); i >= 0 {
+		if v, ok := s.state.get(i); ok {
+			return v, nil
+		}
+		return nil, ErrStableKeyNotFound
+	}
 	var val []byte
 	var found bool
 	err := s.view(func(tx *bolt.Tx) error {
@@ -475,6 +581,16 @@ func (s *LogStore) SetUint64(key []byte, val uint64) error {
 // GetUint64 returns the uint64 stored under key by SetUint64. A missing key
 // yields (0, ErrStableKeyNotFound).
 func (s *LogStore) GetUint64(key []byte) (uint64, error) {
+	if i := stateKeyIndex(key); i >= 0 {
+		v, ok := s.state.get(i)
+		if !ok {
+			return 0, ErrStableKeyNotFound
+		}
+		if len(v) != 8 {
+			return 0, fmt.Errorf("storage: get uint64 %q: value is %d bytes, want 8", key, len(v))
+		}
+		return binary.BigEndian.Uint64(v), nil
+	}
 	var val uint64
 	var found bool
 	err := s.view(func(tx *bolt.Tx) error {

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -17,7 +16,7 @@ import (
 func crashCopy(t *testing.T, s *LogStore) string {
 	t.Helper()
 	dst := filepath.Join(t.TempDir(), "raft.db")
-	for _, suffix := range []string{"", ".tail"} {
+	for _, suffix := range []string{"", ".tail", ".state"} {
 		b, err := os.ReadFile(s.Path() + suffix)
 		if err != nil {
 			t.Fatal(err)
@@ -91,11 +90,12 @@ func TestLogTail_CrashKeepsEveryStoredLog(t *testing.T) {
 // current epoch.
 func lastFrameOffsets(t *testing.T, b []byte) []int {
 	t.Helper()
-	epoch := binary.BigEndian.Uint32(b[4:])
+	var salt [tailSaltSize]byte
+	copy(salt[:], b[8:16])
 	var offs []int
 	var l raft.Log
 	for off := tailHeaderSize; ; {
-		_, _, next, ok := tailFrameAt(b, off, epoch, &l)
+		_, _, next, ok := tailFrameAt(b, off, salt, &l)
 		if !ok {
 			return offs
 		}
@@ -243,7 +243,28 @@ func TestLogTail_NewFileCutShort(t *testing.T) {
 	}
 	c := openAt(t, path)
 	assertRange(t, c, 1, 5)
-	if fi, err := os.Stat(path + ".tail"); err != nil || fi.Size() != tailSize {
+	if fi, err := os.Stat(path + ".tail"); err != nil || fi.Size() != int64(tailSize) {
 		t.Fatalf("tail file: %v, %v", fi, err)
+	}
+}
+
+// TestLogTail_DamagedHeaderUsesCopy: with the header damaged, the copy at
+// the end of the file holds the epoch, and the frames are replayed.
+func TestLogTail_DamagedHeaderUsesCopy(t *testing.T) {
+	path, b := crashedTail(t)
+	b[10] ^= 0xFF // in the salt
+	if err := os.WriteFile(path+".tail", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	assertRange(t, openAt(t, path), 1, 30)
+	// Both damaged: Open fails.
+	path, b = crashedTail(t)
+	b[10] ^= 0xFF
+	b[len(b)-10] ^= 0xFF
+	if err := os.WriteFile(path+".tail", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenLogStore(path, LogStoreOptions{}); !errors.Is(err, ErrCorruptLog) {
+		t.Fatalf("OpenLogStore with both headers damaged: %v, want ErrCorruptLog", err)
 	}
 }
