@@ -151,6 +151,11 @@ func (p *pipeline) run() {
 		case <-p.q.kick:
 		}
 		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			if p.retrying() {
 				// Every batch in flight has been answered before the
 				// retried writes go back to the head of the queue.
@@ -294,8 +299,11 @@ func (p *pipeline) issue(batch []*pendingWrite) {
 		<-p.slot
 		return
 	}
-	f := p.s.raft.Apply(cmd, 10*time.Second)
+	// The goroutine that waits for Raft's answer starts first: once Close
+	// has begun none can, and then the batch is not sent at all.
+	fc := make(chan raft.ApplyFuture, 1)
 	if !p.s.goRaft(func() {
+		f := <-fc
 		err := f.Error()
 		var resp any
 		if err == nil {
@@ -306,12 +314,16 @@ func (p *pipeline) issue(batch []*pendingWrite) {
 		close(mine)
 		<-p.slot
 	}) {
+		<-prev
 		for _, w := range batch {
-			w.answer(errClosedUnknown)
+			w.state.Store(wDropped)
+			w.answer(ErrClosed) // never sent
 		}
 		close(mine)
 		<-p.slot
+		return
 	}
+	fc <- p.s.raft.Apply(cmd, 10*time.Second)
 }
 
 // complete handles the outcome of a leader batch.
