@@ -3,6 +3,7 @@ package kv_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/storage"
 )
 
 // mountTmpfs mounts a size-limited tmpfs for the test, or skips.
@@ -62,6 +64,13 @@ func TestStore_DiskFull(t *testing.T) {
 		t.Fatalf("wrote %d × 256 KiB into a 24 MiB filesystem without an error", acked)
 	}
 	t.Logf("disk full after %d writes: %v", acked, werr)
+	// The write was handed to Raft: its entry may be on disk all the same.
+	if !errors.Is(werr, kv.ErrOutcomeUnknown) {
+		t.Errorf("write failed for lack of space: %v, want ErrOutcomeUnknown", werr)
+	}
+	if !errors.Is(werr, storage.ErrDiskFull) {
+		t.Errorf("write failed for lack of space: %v, want storage.ErrDiskFull", werr)
+	}
 	// Still up: reads of acknowledged data work.
 	for i := 0; i < acked; i++ {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)

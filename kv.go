@@ -148,7 +148,7 @@ func (s *Store) open() error {
 		if err != nil {
 			return err
 		}
-		cache, err := raft.NewLogCache(512, s.logs)
+		cache, err := newCachedLog(512, s.logs)
 		if err != nil {
 			return err
 		}

@@ -346,6 +346,10 @@ func (s *LogStore) StoreLog(log *raft.Log) error {
 // StoreLogs stores logs in a single bbolt transaction (one commit, one fsync
 // unless NoSync). Existing entries with the same index are overwritten.
 func (s *LogStore) StoreLogs(logs []*raft.Log) error {
+	return diskFull(s.storeLogs(logs))
+}
+
+func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
