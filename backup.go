@@ -99,7 +99,7 @@ func (s *Store) Restore(ctx context.Context, r io.Reader) error {
 	// Raft follows the snapshot with a no-op entry the state machines do
 	// not see; commit an entry they see, so that read indexes stay ones the
 	// data reaches.
-	if err := s.batch.submit(ctx, nil); err != nil {
+	if err := s.applyLocal(ctx, nil); err != nil {
 		return fmt.Errorf("kv: restore: data restored; marker entry: %w", err)
 	}
 	s.fsm.notify()

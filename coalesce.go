@@ -2,69 +2,65 @@ package kv
 
 import "sync"
 
-// coalescer gathers items from concurrent callers into batches, with at
-// most a fixed number of batches in flight: a caller waits only while they
-// are all out, and with no load an item goes out alone at once. It is the
-// machinery of the leader's group commit (batcher) and of a follower's
-// batched forwarding (forwarder).
-type coalescer[T any] struct {
-	kick chan struct{}
-	slot chan struct{} // one token per batch in flight
+// writeQueue is the ordered queue of a Store's writes: they leave it in the
+// order they entered it (a write sent back by a retryable failure goes back
+// to its head, before every later write). Safe for concurrent use.
+type writeQueue struct {
+	kick chan struct{} // a signal that the queue is not empty
 
-	mu    sync.Mutex
-	queue []T
+	mu     sync.Mutex
+	items  []*pendingWrite
+	closed bool
 }
 
-func newCoalescer[T any](inFlight int) coalescer[T] {
-	return coalescer[T]{kick: make(chan struct{}, 1), slot: make(chan struct{}, inFlight)}
+func newWriteQueue() writeQueue { return writeQueue{kick: make(chan struct{}, 1)} }
+
+// add appends w; false once the queue is closed (nothing was queued).
+func (q *writeQueue) add(w *pendingWrite) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, w)
+	q.mu.Unlock()
+	q.signal()
+	return true
 }
 
-// add queues it for a coming batch.
-func (c *coalescer[T]) add(it T) {
-	c.mu.Lock()
-	c.queue = append(c.queue, it)
-	c.mu.Unlock()
+// pushFront puts ws back at the head, in their order.
+func (q *writeQueue) pushFront(ws []*pendingWrite) {
+	if len(ws) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.items = append(append([]*pendingWrite(nil), ws...), q.items...)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *writeQueue) signal() {
 	select {
-	case c.kick <- struct{}{}:
+	case q.kick <- struct{}{}:
 	default:
 	}
 }
 
-// run hands out batches until stop is closed, and then returns what is
-// left in the queue. take cuts the next batch off the queue (an empty batch
-// when nothing is to go) and returns the rest; issue starts a batch and
-// calls done once it is over, which frees its slot.
-func (c *coalescer[T]) run(stop <-chan struct{}, take func(queue []T) (batch, rest []T), issue func(batch []T, done func())) (left []T) {
-	done := func() { <-c.slot }
-	for {
-		select {
-		case <-stop:
-			return c.drain()
-		case <-c.kick:
-		}
-		for {
-			select {
-			case c.slot <- struct{}{}:
-			case <-stop:
-				return c.drain()
-			}
-			c.mu.Lock()
-			batch, rest := take(c.queue)
-			c.queue = rest
-			c.mu.Unlock()
-			if len(batch) == 0 {
-				done()
-				break
-			}
-			issue(batch, done)
-		}
-	}
+// take cuts the next batch off the head with cut.
+func (q *writeQueue) take(cut func(queue []*pendingWrite) (batch, rest []*pendingWrite)) []*pendingWrite {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	batch, rest := cut(q.items)
+	q.items = rest
+	return batch
 }
 
-func (c *coalescer[T]) drain() []T {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.queue
-	c.queue = nil
-	return q
+// close refuses later adds and returns what is left.
+func (q *writeQueue) close() []*pendingWrite {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	left := q.items
+	q.items = nil
+	return left
 }

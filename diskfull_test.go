@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	kv "github.com/cohortkv/kv"
 	"github.com/cohortkv/kv/kvtest"
+	"github.com/cohortkv/kv/storage"
 )
 
 // mountTmpfs mounts a size-limited tmpfs for the test, or skips.
@@ -66,6 +68,15 @@ func TestStore_DiskFull(t *testing.T) {
 		t.Fatalf("wrote %d × 256 KiB into a 96 MiB filesystem without an error", acked)
 	}
 	t.Logf("disk full after %d writes: %v", acked, werr)
+	// Either Raft failed to append it (its entry may be on disk all the
+	// same: outcome unknown), or the leader refused it before Raft
+	// (nothing written); both say why.
+	if !errors.Is(werr, storage.ErrDiskFull) || !errors.Is(werr, kv.ErrDiskFull) {
+		t.Errorf("write failed for lack of space: %v, want ErrDiskFull", werr)
+	}
+	if !errors.Is(werr, kv.ErrOutcomeUnknown) && !strings.Contains(werr.Error(), "nothing written") {
+		t.Errorf("write failed for lack of space: %v, want ErrOutcomeUnknown or a refusal", werr)
+	}
 	// Still up: reads of acknowledged data work.
 	for i := 0; i < acked; i++ {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)

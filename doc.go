@@ -32,7 +32,7 @@
 //
 // Keys are non-empty strings of at most Config.MaxKeySize bytes, values at
 // most Config.MaxValueSize bytes. Errors are the exported sentinels
-// (ErrNotFound, ErrClosed, ErrNoLeader, ErrLeadershipLost, ErrEmptyKey,
+// (ErrNotFound, ErrClosed, ErrNoLeader, ErrOutcomeUnknown, ErrLeadershipLost, ErrEmptyKey,
 // ErrKeyTooLarge, ErrValueTooLarge, ErrInvalidConfig, ErrWrongCluster),
 // wrapped with detail: compare them with errors.Is.
 //
@@ -50,9 +50,13 @@
 //
 // While there is no leader (an election, a lost majority), calls retry with
 // backoff until their context ends, then return an error that wraps both
-// ErrNoLeader and the context's error. A write whose leader failed after the
-// write entered the log returns ErrLeadershipLost: it may or may not have
-// been applied, and retrying it may apply it twice.
+// ErrNoLeader and the context's error; such a write was never sent.
+//
+// A write's error says what became of it: an error wrapping
+// ErrOutcomeUnknown (ErrLeadershipLost wraps it) means the write may or may
+// not have been applied, and retrying it may apply it twice; any other
+// error means it was not applied. Writes that one goroutine issues, SetAsync
+// and DeleteAsync included, are applied in the order it issued them.
 //
 // # Durability
 //
@@ -111,8 +115,9 @@
 //     cluster. If more instances than BootstrapExpect expect to bootstrap at
 //     the same time, none does (they could see different subsets and form
 //     two clusters): start exactly BootstrapExpect of them, then the rest.
-//   - A write that fails with ErrLeadershipLost or a context error may have
-//     been applied.
+//   - A write whose error wraps ErrOutcomeUnknown (ErrLeadershipLost, a
+//     context that ended after the write was sent, Close with the write in
+//     flight) may have been applied.
 //   - memberlist does not expose suspicion: Members reports a member alive
 //     until gossip declares it dead (a few seconds after it stops answering).
 //   - Without Config.TLS and Config.GossipKey the transport and gossip ports

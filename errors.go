@@ -2,6 +2,7 @@ package kv
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/cohortkv/kv/storage"
 )
@@ -12,15 +13,27 @@ var (
 	// ErrNotFound is returned by Get for an absent key.
 	ErrNotFound = errors.New("kv: key not found")
 	// ErrClosed is returned by every call on a closed Store, and by calls
-	// that were in flight when it closed.
+	// that were in flight when it closed. A write that Close caught after it
+	// was handed to Raft or sent to the leader returns an error wrapping
+	// both ErrClosed and ErrOutcomeUnknown; a plain ErrClosed means the
+	// write was never sent and is not applied.
 	ErrClosed = errors.New("kv: store closed")
 	// ErrNoLeader is returned when no leader could be reached before the
 	// call's context ended; the call had no effect.
 	ErrNoLeader = errors.New("kv: no leader")
+	// ErrOutcomeUnknown is wrapped by the error of a write that may or may
+	// not have been applied: it was handed to Raft or sent to the leader,
+	// and then its answer was lost (leadership lost, connection lost, Close,
+	// the caller's ctx ended, the leader's log store failed after the entry
+	// may have reached the disk). It may be applied later, exactly once. A
+	// write's error either wraps ErrOutcomeUnknown or means the write was
+	// not applied and never will be; nil means it was applied.
+	ErrOutcomeUnknown = errors.New("kv: write outcome unknown")
 	// ErrLeadershipLost is returned by a write whose leader lost its
-	// leadership after the write entered the log: the write may or may not
-	// have been applied.
-	ErrLeadershipLost = errors.New("kv: leadership lost, write outcome unknown")
+	// leadership after the write entered the log, or whose connection to
+	// the leader dropped after it was sent. It wraps ErrOutcomeUnknown: the
+	// write may or may not have been applied.
+	ErrLeadershipLost = fmt.Errorf("kv: leadership lost: %w", ErrOutcomeUnknown)
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")

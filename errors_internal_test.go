@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/cohortkv/kv/storage"
 	"github.com/cohortkv/kv/transport"
 )
 
@@ -29,6 +30,11 @@ func TestErrors_RoundTripOverTheWire(t *testing.T) {
 		{"raft transfer", translateRaftErr(raft.ErrLeadershipTransferInProgress), errNotLeader, true},
 		{"raft enqueue timeout", translateRaftErr(raft.ErrEnqueueTimeout), errNotLeader, true},
 		{"raft lost", translateRaftErr(raft.ErrLeadershipLost), ErrLeadershipLost, false},
+		{"closed in flight", errClosedUnknown, ErrOutcomeUnknown, false},
+		{"log append disk full", outcomeOf(fmt.Errorf("append: %w", storage.ErrDiskFull)), storage.ErrDiskFull, false},
+		{"log append damaged", outcomeOf(fmt.Errorf("append: %w", storage.ErrCorrupt)), ErrCorrupt, false},
+		{"log append other", outcomeOf(errors.New("eio")), ErrOutcomeUnknown, false},
+		{"ctx after send", fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, ErrOutcomeUnknown), ErrOutcomeUnknown, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,6 +80,44 @@ func TestState_String(t *testing.T) {
 	for s, want := range map[State]string{StateFollower: "follower", StateCandidate: "candidate", StateLeader: "leader", StateShutdown: "shutdown", State(9): "State(9)"} {
 		if got := s.String(); got != want {
 			t.Errorf("%d: %q, want %q", int(s), got, want)
+		}
+	}
+}
+
+// The three outcomes of a write, as its error tells them: errors of writes
+// handed to Raft that do not say "not applied" wrap ErrOutcomeUnknown, and
+// keep their cause; errors of writes never sent do not.
+func TestErrors_WriteOutcomes(t *testing.T) {
+	unknown := []error{
+		ErrLeadershipLost,
+		errClosedUnknown,
+		outcomeOf(translateRaftErr(raft.ErrRaftShutdown)),
+		outcomeOf(ErrClosed), // the state machine stopped with the entry committed
+		outcomeOf(fmt.Errorf("write log: %w", storage.ErrDiskFull)),
+		outcomeOf(fmt.Errorf("write log: %w", storage.ErrCorrupt)),
+		outcomeOf(errors.New("eio")),
+		outcomeOf(translateRaftErr(raft.ErrLeadershipLost)),
+	}
+	for _, err := range unknown {
+		if !errors.Is(err, ErrOutcomeUnknown) {
+			t.Errorf("%v: does not wrap ErrOutcomeUnknown", err)
+		}
+	}
+	if err := outcomeOf(fmt.Errorf("x: %w", storage.ErrDiskFull)); !errors.Is(err, storage.ErrDiskFull) {
+		t.Errorf("%v: lost its cause", err)
+	}
+	if err := outcomeOf(fmt.Errorf("x: %w", storage.ErrCorrupt)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%v: lost its cause", err)
+	}
+	if !errors.Is(errClosedUnknown, ErrClosed) {
+		t.Errorf("%v: does not wrap ErrClosed", errClosedUnknown)
+	}
+	if outcomeOf(nil) != nil {
+		t.Errorf("outcomeOf(nil) != nil")
+	}
+	for _, err := range []error{ErrClosed, ErrNoLeader, ErrEmptyKey, ErrKeyTooLarge, ErrValueTooLarge, errNotLeader} {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			t.Errorf("%v wraps ErrOutcomeUnknown", err)
 		}
 	}
 }

@@ -3,117 +3,92 @@ package kv
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
-// Forwarding in batches: on a follower, concurrent writes bound for the
-// leader share one RPC (one command of all their ops), so that the cost of
-// forwarding is paid per batch, not per write. Like the leader's group
-// commit, a write waits only while maxForwardInFlight batches are on their
-// way; with no load it goes out alone at once. Every write of a batch gets
-// the batch's outcome.
-const (
-	maxForwardInFlight = 8
-	// forwardTimeout bounds one forwarded batch (its callers may give up
-	// sooner, with their ctx).
-	forwardTimeout = 10 * time.Second
-)
+// Forwarding: on a follower, the write pipeline (batch.go) sends each batch
+// to the leader as one Apply RPC, one batch at a time, so that the leader
+// appends a follower's batches in the order they were queued.
 
-type forwardWrite struct {
-	ctx  context.Context
-	ops  []op
-	size int
-	done chan forwardResult // buffered
-}
+// forwardTimeout bounds one forwarded batch (its callers may give up
+// sooner, with their ctx).
+const forwardTimeout = 10 * time.Second
 
 type forwardResult struct {
 	err   error
 	retry bool // certainly had no effect
 }
 
-type forwarder struct {
-	s *Store
-	coalescer[*forwardWrite]
-}
-
-func newForwarder(s *Store) *forwarder {
-	return &forwarder{s: s, coalescer: newCoalescer[*forwardWrite](maxForwardInFlight)}
-}
-
-// submit forwards ops to the leader with the next batch and returns the
-// outcome as writeOnce does: retry says the write certainly had no effect.
-func (f *forwarder) submit(ctx context.Context, ops []op) (error, bool) {
-	w := &forwardWrite{ctx: ctx, ops: ops, done: make(chan forwardResult, 1)}
-	for _, o := range ops {
-		w.size += len(o.Key) + len(o.Value) + 16
-	}
-	f.add(w)
-	select {
-	case r := <-w.done:
-		return r.err, r.retry
-	case <-ctx.Done():
-		return ctx.Err(), false // it may still go out
-	case <-f.s.ctx.Done():
-		return ErrClosed, false
-	}
-}
-
-// run sends batches until the Store closes. Owned by the Store.
-func (f *forwarder) run() {
-	left := f.coalescer.run(f.s.ctx.Done(), takeForwards, func(batch []*forwardWrite, done func()) {
-		if !f.s.goFunc(func() { f.send(batch); done() }) {
-			done()
-			finishForward(batch, forwardResult{err: ErrClosed})
-		}
-	})
-	finishForward(left, forwardResult{err: ErrClosed})
-}
-
-// takeForwards cuts the next batch, leaving out writes whose callers have
-// given up (they were never sent).
-func takeForwards(queue []*forwardWrite) (batch, rest []*forwardWrite) {
-	n, ops, size := 0, 0, 0
-	for ; n < len(queue); n++ {
-		w := queue[n]
-		if w.ctx.Err() != nil {
+// forward sends one batch to the leader and answers its writers. It
+// returns true when the batch certainly had no effect and went back to the
+// head of the queue, to be sent again after a backoff.
+func (p *pipeline) forward(batch []*pendingWrite) (retry bool) {
+	local := batch[:0:0]
+	for _, w := range batch {
+		if w.remote {
+			w.answer(errNotLeader) // not forwarded twice: its sender retries
 			continue
 		}
-		if len(batch) > 0 && (ops+len(w.ops) > maxBatchOps || size+w.size > maxBatchBytes) {
-			break
-		}
-		batch = append(batch, w)
-		ops, size = ops+len(w.ops), size+w.size
+		local = append(local, w)
 	}
-	return batch, append([]*forwardWrite(nil), queue[n:]...)
-}
-
-func finishForward(batch []*forwardWrite, r forwardResult) {
-	for _, w := range batch {
-		w.done <- r
+	if len(local) == 0 {
+		return false
 	}
-}
-
-// send forwards one batch. A batch the leader refuses as a whole is sent
-// again one write at a time, so that one write the leader finds invalid
-// (its limits may differ from ours) fails alone.
-func (f *forwarder) send(batch []*forwardWrite) {
 	var c command
-	for _, w := range batch {
+	for _, w := range local {
 		c.Ops = append(c.Ops, w.ops...)
 	}
-	r := f.call(&c)
-	if r.err != nil && !r.retry && len(batch) > 1 && errors.Is(r.err, errRefused) {
-		for _, w := range batch {
-			w.done <- f.call(&command{Ops: w.ops})
+	r := p.call(&c)
+	if r.err != nil && !r.retry && len(local) > 1 && errors.Is(r.err, errRefused) {
+		// A batch the leader refuses as a whole is sent again one write at
+		// a time, so that one write the leader finds invalid (its limits
+		// may differ from ours) fails alone.
+		for i, w := range local {
+			r := p.call(&command{Ops: w.ops})
+			if r.retry {
+				p.requeue(local[i:], r.err)
+				return true
+			}
+			w.answer(p.forwardErr(r.err))
 		}
-		return
+		return false
 	}
-	finishForward(batch, r)
+	if r.retry {
+		p.requeue(local, r.err)
+		return true
+	}
+	err := p.forwardErr(r.err)
+	for _, w := range local {
+		w.answer(err)
+	}
+	return false
+}
+
+// requeue puts writes whose attempt had no effect back at the head.
+func (p *pipeline) requeue(ws []*pendingWrite, err error) {
+	for _, w := range ws {
+		w.requeued(err)
+	}
+	p.q.pushFront(ws)
+}
+
+// forwardErr is the outcome of a write the leader received, or may have.
+func (p *pipeline) forwardErr(err error) error {
+	switch {
+	case err == nil, errors.Is(err, errRefused), errors.Is(err, ErrOutcomeUnknown):
+		return err
+	case p.s.isClosed():
+		return errClosedUnknown
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return fmt.Errorf("kv: write: %w (%w)", err, ErrOutcomeUnknown)
+	}
+	return err
 }
 
 // call makes one forwarding RPC of c to the leader.
-func (f *forwarder) call(c *command) forwardResult {
-	s := f.s
+func (p *pipeline) call(c *command) forwardResult {
+	s := p.s
 	cmd, err := encodeCommand(c)
 	if err != nil {
 		return forwardResult{err: err}

@@ -82,7 +82,7 @@ func (s *Store) usable() error {
 // haltedWrite is the error of a write caught by a halt after it was handed
 // to Raft: the others may still commit it.
 func (s *Store) haltedWrite() error {
-	return fmt.Errorf("%w (%w)", s.halter.halted(), ErrLeadershipLost)
+	return fmt.Errorf("%w (%w)", s.halter.halted(), ErrOutcomeUnknown)
 }
 
 // ErrDiskFull is wrapped by the errors of calls refused because a file

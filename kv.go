@@ -58,8 +58,7 @@ type Store struct {
 	// readyTerm is the term in which this leader has committed an entry of
 	// its own, so that its commit index is safe to serve reads from.
 	readyTerm atomic.Uint64
-	batch     *batcher
-	fwd       *forwarder
+	pipe      *pipeline
 
 	// leaderChanged is closed and replaced whenever this member's idea of
 	// the leader changes, so that calls waiting on a former leader give up.
@@ -120,8 +119,7 @@ func Open(cfg Config) (*Store, error) {
 	warnInsecure(cfg, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{}), halter: newHalter()}
-	s.batch = newBatcher(s)
-	s.fwd = newForwarder(s)
+	s.pipe = newPipeline(s)
 	s.health = newHealth()
 	if err := s.open(); err != nil {
 		s.shutdown()
@@ -158,7 +156,7 @@ func (s *Store) open() error {
 		if err != nil {
 			return err
 		}
-		cache, err := raft.NewLogCache(512, s.logs)
+		cache, err := newCachedLog(512, s.logs)
 		if err != nil {
 			return err
 		}
@@ -281,8 +279,7 @@ func (s *Store) open() error {
 	if !hasState {
 		s.goRaft(s.bootstrapLoop)
 	}
-	s.goRaft(s.batch.run)
-	s.goFunc(s.fwd.run)
+	s.goRaft(s.pipe.run)
 	obs := make(chan raft.Observation, 64)
 	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -303,7 +300,7 @@ func (s *Store) open() error {
 			}
 		}
 	})
-	// Serve the port only now: RPC handlers use raft and the batcher.
+	// Serve the port only now: RPC handlers use raft and the write pipeline.
 	s.goFunc(func() {
 		if err := s.mux.Serve(); err != nil {
 			s.logger.Error("transport stopped", "error", err)

@@ -291,6 +291,12 @@ func TestStore_NoLeaderTimesOut(t *testing.T) {
 	if !errors.Is(err, kv.ErrNoLeader) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Set without a leader: %v, want ErrNoLeader and DeadlineExceeded", err)
 	}
+	if errors.Is(err, kv.ErrOutcomeUnknown) {
+		t.Fatalf("Set without a leader: %v: never sent, so not ErrOutcomeUnknown", err)
+	}
+	if err := s.SetAsync("k", []byte("v")).Wait(ctx); !errors.Is(err, kv.ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Future.Wait with an ended ctx: %v, want DeadlineExceeded and ErrOutcomeUnknown", err)
+	}
 	if _, err := s.Get(ctx, "k"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Get without a leader: %v", err)
 	}

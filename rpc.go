@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/cohortkv/kv/storage"
 	"github.com/cohortkv/kv/transport"
 )
 
@@ -32,8 +33,13 @@ const (
 	codeClosed     uint8 = 2 // the member is closing, nothing done
 	codeBadRequest uint8 = 3 // the command is invalid
 	codeUnknown    uint8 = 4 // the write may or may not have been applied
-	codeTimeout    uint8 = 5 // the caller's deadline passed on the leader
-	codeDiskFull   uint8 = 6 // refused for want of disk space, nothing done
+	codeTimeout    uint8 = 5 // the caller's deadline passed on the leader, nothing done
+	// The write may or may not have been applied, and the leader's log
+	// store reported a full disk, or damage.
+	codeUnknownDiskFull uint8 = 6
+	codeUnknownCorrupt  uint8 = 7
+	// The leader refused the write for want of disk space: nothing done.
+	codeDiskFull uint8 = 8
 )
 
 // errNotLeader is the internal, retryable "ask the leader" condition.
@@ -56,12 +62,7 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		if err != nil {
 			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
 		}
-		err = s.applyLocal(ctx, c.Ops)
-		if errors.Is(err, ErrClosed) {
-			// Raft stopped under the write: it may have entered the log.
-			err = fmt.Errorf("%w: %v", ErrLeadershipLost, err)
-		}
-		return nil, toWire(err)
+		return nil, toWire(s.applyLocal(ctx, c.Ops))
 	case methodReadIndex:
 		idx, err := s.readIndexLocal(ctx)
 		if err != nil {
@@ -92,12 +93,16 @@ func toWire(err error) error {
 		return &transport.Error{Code: codeNotLeader, Msg: err.Error()}
 	case errors.Is(err, errDiskFullRefused):
 		return &transport.Error{Code: codeDiskFull, Msg: err.Error()}
+	case errors.Is(err, ErrOutcomeUnknown) && errors.Is(err, storage.ErrDiskFull):
+		return &transport.Error{Code: codeUnknownDiskFull, Msg: err.Error()}
+	case errors.Is(err, ErrOutcomeUnknown) && errors.Is(err, storage.ErrCorrupt):
+		return &transport.Error{Code: codeUnknownCorrupt, Msg: err.Error()}
+	case errors.Is(err, ErrOutcomeUnknown):
+		return &transport.Error{Code: codeUnknown, Msg: err.Error()}
 	case errors.Is(err, ErrClosed):
 		return &transport.Error{Code: codeClosed, Msg: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &transport.Error{Code: codeTimeout, Msg: err.Error()}
-	case errors.Is(err, ErrLeadershipLost):
-		return &transport.Error{Code: codeUnknown, Msg: err.Error()}
 	}
 	return err
 }
@@ -120,7 +125,11 @@ func fromWire(err error) (out error, retry bool) {
 		case codeTimeout:
 			return fmt.Errorf("%w: %s", context.DeadlineExceeded, re.Msg), false
 		case codeUnknown:
-			return ErrLeadershipLost, false
+			return fmt.Errorf("%w: leader: %s", ErrLeadershipLost, re.Msg), false
+		case codeUnknownDiskFull:
+			return fmt.Errorf("%w: leader: %s: %w", ErrOutcomeUnknown, re.Msg, storage.ErrDiskFull), false
+		case codeUnknownCorrupt:
+			return fmt.Errorf("%w: leader: %s: %w", ErrOutcomeUnknown, re.Msg, storage.ErrCorrupt), false
 		}
 		return fmt.Errorf("kv: leader: %s", re.Msg), false
 	case errors.Is(err, transport.ErrNotSent):

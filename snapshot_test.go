@@ -2,13 +2,16 @@ package kv_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/kvtest"
 )
 
 // A follower that was down while the log was compacted catches up through a
@@ -130,5 +133,75 @@ func TestStore_SnapshotByLogBytes(t *testing.T) {
 			t.Fatalf("no snapshot after %d KiB of log (SnapshotBytes 256 KiB): %+v", 400, s.Stats())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A follower installs the leader's snapshot while a snapshot of its own
+// data file is still open, and catches up. Here a Backup stuck on its
+// writer holds it; raft holds one the same way between the state machine's
+// Snapshot and Persist, while it waits for its main loop, which a snapshot
+// install occupies until the data file is restored. A restore that waited
+// for every open snapshot of the file it replaces never finished.
+func TestCluster_SnapshotInstallWhileLocalSnapshotOpen(t *testing.T) {
+	kc := kvtest.NewCluster(t, 3, kvtest.Logger(testLogger(t)), kvtest.Configure(func(i int, cfg *kv.Config) {
+		cfg.NodeID = fmt.Sprintf("n%d", i+1)
+		cfg.SnapshotThreshold = 64
+		cfg.SnapshotInterval = 50 * time.Millisecond
+		cfg.TrailingLogs = 16
+	}))
+	ctx := ctxT(t, 90*time.Second)
+	l := kc.Leader()
+	f := (l + 1) % 3
+	if err := kc.Node(l).Set(ctx, "before", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	fs := kc.Node(f)
+	if _, err := fs.Get(ctx, "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	pr, pw := io.Pipe()
+	backup := make(chan error, 1)
+	go func() { backup <- fs.Backup(ctx, pw, kv.Stale()) }()
+	defer func() {
+		pr.CloseWithError(io.ErrClosedPipe)
+		if err := <-backup; err == nil {
+			t.Errorf("Backup into a closed pipe succeeded")
+		}
+	}()
+	// One byte read: the Backup holds its snapshot and waits on the pipe.
+	if _, err := io.ReadFull(pr, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+
+	kc.Isolate(f)
+	l = kc.Leader()
+	w := kc.Node(l)
+	for i := 0; i < 300; i++ {
+		if err := w.Set(ctx, fmt.Sprintf("snap/%03d", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for w.Stats().LastSnapshotIndex < 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader took no snapshot: %+v", w.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	kc.Heal()
+
+	// The follower can only catch up through the leader's snapshot.
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	pairs, err := fs.List(lctx, "snap/")
+	if err != nil {
+		t.Fatalf("linearizable List on the follower after the install: %v (%+v)", err, fs.Stats())
+	}
+	if len(pairs) != 300 {
+		t.Fatalf("List on the follower: %d pairs, want 300", len(pairs))
+	}
+	if st := fs.Stats(); st.LastSnapshotIndex < 200 {
+		t.Errorf("the follower caught up without installing a snapshot: %+v", st)
 	}
 }

@@ -5,14 +5,24 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/hashicorp/raft"
 )
 
 // Set stores value under key. It returns nil once the write is committed on
 // a majority and applied on the leader; any instance accepts it (a follower
-// forwards it to the leader). While the leader changes it retries until ctx
-// ends.
+// forwards it to the leader). While there is no leader it waits and retries
+// until ctx ends.
+//
+// An error has one of three meanings. An error wrapping ErrOutcomeUnknown
+// (ErrLeadershipLost does, and so does the error of a ctx that ended after
+// the write was handed to Raft or sent to the leader) means the write may
+// or may not have been applied. Any other error means it was not applied
+// and never will be (bad input, ErrNoLeader, a plain ErrClosed). nil means
+// it was applied.
+//
+// Writes issued one after another by one goroutine, through Set, Delete,
+// SetAsync and DeleteAsync alike, are applied in the order they were
+// issued, as with Raft's own Apply: a write never overtakes an earlier one
+// of the same goroutine, retries included.
 func (s *Store) Set(ctx context.Context, key string, value []byte) error {
 	if err := s.validate(key, value); err != nil {
 		return err
@@ -20,7 +30,8 @@ func (s *Store) Set(ctx context.Context, key string, value []byte) error {
 	return s.write(ctx, &command{Ops: []op{{Kind: opSet, Key: key, Value: value}}})
 }
 
-// Delete removes key. Deleting an absent key is not an error.
+// Delete removes key. Deleting an absent key is not an error. Its errors
+// and ordering are those of Set.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.validate(key, nil); err != nil {
 		return err
@@ -28,8 +39,13 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return s.write(ctx, &command{Ops: []op{{Kind: opDelete, Key: key}}})
 }
 
-// SetAsync starts a Set and returns at once. Many writes in flight are
-// pipelined. The write keeps trying for at most Config.AsyncWriteTimeout.
+// SetAsync starts a Set and returns at once; the Future reports its
+// outcome, with the meanings Set's errors have. The write keeps trying for
+// at most Config.AsyncWriteTimeout. Many writes in flight are pipelined.
+//
+// The write is queued before SetAsync returns: writes that one goroutine
+// issues (SetAsync, DeleteAsync, Set, Delete) are applied in the order it
+// issued them, whether or not it waits for their futures in between.
 func (s *Store) SetAsync(key string, value []byte) *Future {
 	if err := s.validate(key, value); err != nil {
 		return failedFuture(err)
@@ -37,7 +53,8 @@ func (s *Store) SetAsync(key string, value []byte) *Future {
 	return s.async(&command{Ops: []op{{Kind: opSet, Key: key, Value: value}}})
 }
 
-// DeleteAsync starts a Delete and returns at once.
+// DeleteAsync starts a Delete and returns at once. Like SetAsync it queues
+// the write before it returns, in order with the goroutine's other writes.
 func (s *Store) DeleteAsync(key string) *Future {
 	if err := s.validate(key, nil); err != nil {
 		return failedFuture(err)
@@ -55,14 +72,16 @@ type Future struct {
 // has failed.
 func (f *Future) Done() <-chan struct{} { return f.done }
 
-// Wait returns the write's outcome once Done is closed, or ctx.Err() if ctx
-// ends first (the write goes on).
+// Wait returns the write's outcome once Done is closed: nil when it was
+// applied, an error wrapping ErrOutcomeUnknown when it may or may not have
+// been, any other error when it was not. If ctx ends first Wait returns an
+// error wrapping ctx.Err() and ErrOutcomeUnknown, and the write goes on.
 func (f *Future) Wait(ctx context.Context) error {
 	select {
 	case <-f.done:
 		return f.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("kv: wait: %w (%w)", ctx.Err(), ErrOutcomeUnknown)
 	}
 }
 
@@ -72,18 +91,15 @@ func failedFuture(err error) *Future {
 	return f
 }
 
+// async queues c, before it returns, for at most AsyncWriteTimeout.
 func (s *Store) async(c *command) *Future {
-	f := &Future{done: make(chan struct{})}
-	ok := s.goFunc(func() {
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.AsyncWriteTimeout)
-		defer cancel()
-		f.err = s.write(ctx, c)
-		close(f.done)
-	})
-	if !ok {
+	w := newWrite(c.Ops)
+	w.fut = &Future{done: make(chan struct{})}
+	w.deadline = time.Now().Add(s.cfg.AsyncWriteTimeout)
+	if !s.pipe.submit(w) {
 		return failedFuture(ErrClosed)
 	}
-	return f
+	return w.fut
 }
 
 func (s *Store) validate(key string, value []byte) error {
@@ -107,41 +123,21 @@ func (s *Store) validateOps(ops []op) error {
 	return nil
 }
 
-// write sends a command to the leader (itself, or over RPC) and retries with
-// backoff while there is none, as long as the command certainly had no
-// effect.
+// write queues a command on the write pipeline (batch.go) and waits for
+// its outcome.
 func (s *Store) write(ctx context.Context, c *command) error {
-	var last error
-	for b := newBackoff(); ; {
-		if err := ctx.Err(); err != nil {
-			return s.giveUp(err, last)
-		}
-		if err := s.usable(); err != nil {
-			return err
-		}
-		err, retry := s.writeOnce(ctx, c)
-		if err == nil || !retry {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("kv: write: %w", err)
-			}
-			return err
-		}
-		last = err
-		if err := b.wait(ctx, s.ctx.Done()); err != nil {
-			return s.giveUp(err, last)
-		}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("kv: %w", err)
 	}
-}
-
-// writeOnce makes one attempt: through this member's Raft if it leads, else
-// forwarded to the leader. retry says whether the attempt certainly had no
-// effect.
-func (s *Store) writeOnce(ctx context.Context, c *command) (err error, retry bool) {
-	if s.raft.State() == raft.Leader {
-		err = s.applyLocal(ctx, c.Ops)
-		return err, errors.Is(err, errNotLeader)
+	if err := s.usable(); err != nil {
+		return err
 	}
-	return s.fwd.submit(ctx, c.Ops)
+	w := newWrite(c.Ops)
+	w.ctx = ctx
+	if !s.pipe.submit(w) {
+		return ErrClosed
+	}
+	return s.pipe.wait(ctx, w)
 }
 
 // giveUp is the error of a call that ran out of time while retrying.
@@ -161,16 +157,21 @@ func (s *Store) giveUp(ctxErr, last error) error {
 	return fmt.Errorf("%w (%w)", ctxErr, last)
 }
 
-// applyLocal applies ops through this member's Raft, which must lead,
-// coalesced with concurrent writes into one entry.
+// applyLocal applies ops through this member's Raft, coalesced with
+// concurrent writes into one entry, or fails with errNotLeader (nothing
+// done) if this member does not lead by the time they go out. For writes
+// forwarded by followers, and Restore's marker entry.
 func (s *Store) applyLocal(ctx context.Context, ops []op) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.diskFullRefusal(); err != nil {
-		return err
+	w := newWrite(ops)
+	w.ctx = ctx
+	w.remote = true
+	if !s.pipe.submit(w) {
+		return ErrClosed
 	}
-	return s.batch.submit(ctx, ops)
+	return s.pipe.wait(ctx, w)
 }
 
 // leaderAddr returns the leader's transport address, preferring what gossip

@@ -79,6 +79,13 @@ type Bolt struct {
 	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
 	cache   *readCache
 
+	// Snapshots open on each file handle, and the handles a Restore
+	// replaced while snapshots still read them: the last Release closes
+	// such a handle (see Restore).
+	smu     sync.Mutex
+	snaps   map[*bolt.DB]int
+	retired map[*bolt.DB]bool
+
 	kick     chan struct{} // asks the committer for a commit now
 	stop     chan struct{} // closed by Close
 	stopOnce sync.Once
@@ -100,6 +107,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		opts.CommitInterval = flushInterval
 	}
 	e := &Bolt{path: path, opts: opts, pending: newLayer(), cache: newReadCache(cacheBytes),
+		snaps: map[*bolt.DB]int{}, retired: map[*bolt.DB]bool{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	db, err := e.open(path)
 	if err != nil {
@@ -516,7 +524,43 @@ func (e *Bolt) Snapshot() (Snapshot, error) {
 		tx.Rollback()
 		return nil, err
 	}
-	return &boltSnap{boltTx: e.tx(tx), tx: tx, index: idx}, nil
+	e.smu.Lock()
+	e.snaps[e.db]++
+	e.smu.Unlock()
+	return &boltSnap{boltTx: e.tx(tx), tx: tx, index: idx, e: e}, nil
+}
+
+// release ends a snapshot's transaction on db and, when it was the last
+// one on a handle a Restore replaced, closes that handle.
+func (e *Bolt) release(db *bolt.DB, tx *bolt.Tx) {
+	tx.Rollback()
+	e.smu.Lock()
+	e.snaps[db]--
+	last := e.snaps[db] == 0
+	if last {
+		delete(e.snaps, db)
+	}
+	retired := last && e.retired[db]
+	if retired {
+		delete(e.retired, db)
+	}
+	e.smu.Unlock()
+	if retired {
+		_ = db.Close()
+	}
+}
+
+// retire closes a handle that a Restore replaced, at once if no snapshot
+// reads it, or else at the last snapshot's Release.
+func (e *Bolt) retire(db *bolt.DB) error {
+	e.smu.Lock()
+	if e.snaps[db] > 0 {
+		e.retired[db] = true
+		e.smu.Unlock()
+		return nil
+	}
+	e.smu.Unlock()
+	return db.Close()
 }
 
 // Restore writes restoreBatch bytes of pairs per transaction: copies of the
@@ -626,9 +670,14 @@ func (e *Bolt) Restore(r io.Reader) error {
 
 	// Swap: rename the new file over the old one (the open handle keeps the
 	// old inode), open it, switch readers and writers to it, then close the
-	// old handle, which waits for snapshots still reading it without
-	// blocking anyone else. The layers are dropped: the new file
-	// supersedes them.
+	// old handle. The layers are dropped: the new file supersedes them.
+	//
+	// A Snapshot still open on the old handle keeps it open until its
+	// Release, and Restore does not wait for that: bbolt's Close waits for
+	// every read transaction, and raft holds a snapshot (between the state
+	// machine's Snapshot and Persist) while it waits for its main loop,
+	// which is itself waiting for this Restore to end a snapshot install.
+	// Waiting here would deadlock the member.
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	e.fmu.Lock()
@@ -662,7 +711,7 @@ func (e *Bolt) Restore(r io.Reader) error {
 	e.cache.clear()
 	err = e.loadApplied()
 	e.mu.Unlock()
-	if cerr := old.Close(); cerr != nil && err == nil {
+	if cerr := e.retire(old); cerr != nil && err == nil {
 		err = fmt.Errorf("storage: restore: close old %s: %w", e.path, cerr)
 	}
 	return err
@@ -686,7 +735,17 @@ func (e *Bolt) Close() error {
 	defer e.mu.Unlock()
 	e.closed = true
 	e.pending, e.flushing = newLayer(), nil
-	return errors.Join(ferr, e.db.Close())
+	errs := []error{ferr, e.db.Close()}
+	// Handles a Restore replaced whose snapshots are still open: their
+	// Close waits for those snapshots' Release.
+	e.smu.Lock()
+	retired := e.retired
+	e.retired = map[*bolt.DB]bool{}
+	e.smu.Unlock()
+	for db := range retired {
+		errs = append(errs, db.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // syncDir fsyncs the directory dir (callers go through fsSyncDir).
@@ -785,11 +844,12 @@ type boltSnap struct {
 	boltTx
 	tx    *bolt.Tx
 	index uint64
+	e     *Bolt
 	once  sync.Once
 }
 
 func (s *boltSnap) AppliedIndex() uint64 { return s.index }
-func (s *boltSnap) Release()             { s.once.Do(func() { s.tx.Rollback() }) }
+func (s *boltSnap) Release()             { s.once.Do(func() { s.e.release(s.tx.DB(), s.tx) }) }
 
 // releaseEvery is how many bytes a long read goes through a bbolt mapping
 // between two calls of releaseMapped.

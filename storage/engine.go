@@ -32,7 +32,7 @@ type Engine interface {
 	// to fn are valid only until fn returns.
 	View(fn func(tx ReadTx) error) error
 	// Snapshot returns a consistent point-in-time view that stays valid, and
-	// does not block Update, until Release.
+	// blocks neither Update nor Restore, until Release.
 	Snapshot() (Snapshot, error)
 	// Restore replaces the whole content, atomically, with a stream written
 	// by WriteSnapshot. On error the previous content is kept.

@@ -576,6 +576,8 @@ func testEngine(t *testing.T, open func(t *testing.T) Engine) {
 
 	t.Run("RestoreRejectsDamage", func(t *testing.T) { testRestoreRejectsDamage(t, open) })
 
+	t.Run("RestoreDoesNotWaitForSnapshots", func(t *testing.T) { testRestoreWithSnapshotOpen(t, open(t)) })
+
 	t.Run("Closed", func(t *testing.T) {
 		e := open(t)
 		putAll(t, e, 1, []kv{{"a", "1"}})
@@ -1153,5 +1155,99 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 				b.Fatalf("AppliedIndex = %d after Restore", dst.AppliedIndex())
 			}
 		})
+	}
+}
+
+// testRestoreWithSnapshotOpen: a Restore returns while a Snapshot taken
+// before it is still open, and the snapshot goes on reading what it saw.
+// Raft holds a state machine snapshot while it waits for its main loop, and
+// the main loop waits for the Restore of a snapshot install: a Restore that
+// waited for the Release would never return.
+func testRestoreWithSnapshotOpen(t *testing.T, e Engine) {
+	old := []kv{{"a", "old"}, {"b", "old"}}
+	putAll(t, e, 5, old)
+	s, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	released := false
+	defer func() {
+		if !released {
+			s.Release()
+		}
+	}()
+	newer := []kv{{"a", "new"}, {"c", "new"}}
+	done := make(chan error, 1)
+	go func() { done <- e.Restore(bytes.NewReader(streamOf(t, 9, newer))) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		s.Release()
+		released = true
+		<-done
+		t.Fatalf("Restore did not return within 10 s while a Snapshot was open; it returned once the Snapshot was released")
+	}
+	diffPairs(t, "engine after Restore", dump(t, e), newer)
+	if got := e.AppliedIndex(); got != 9 {
+		t.Errorf("AppliedIndex after Restore = %d, want 9", got)
+	}
+	diffPairs(t, "snapshot taken before Restore", scanAll(t, s, nil), old)
+	if got := s.AppliedIndex(); got != 5 {
+		t.Errorf("snapshot's AppliedIndex = %d, want 5", got)
+	}
+	s.Release()
+	released = true
+	// Writes, reads and snapshots go on.
+	putAll(t, e, 10, []kv{{"d", "after"}})
+	diffPairs(t, "engine after Update", dump(t, e), []kv{{"a", "new"}, {"c", "new"}, {"d", "after"}})
+	s2, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot after Restore: %v", err)
+	}
+	s2.Release()
+}
+
+// The file handle a Restore replaced while a Snapshot read it is closed by
+// the snapshot's Release, or by Close if the snapshot is still open then.
+func TestBolt_RestoreClosesReplacedFileAtRelease(t *testing.T) {
+	for _, releaseFirst := range []bool{true, false} {
+		e := openBolt(t, filepath.Join(t.TempDir(), "data.db"))
+		putAll(t, e, 5, []kv{{"a", "old"}})
+		s, err := e.Snapshot()
+		if err != nil {
+			t.Fatalf("Snapshot: %v", err)
+		}
+		old := e.db
+		if err := e.Restore(bytes.NewReader(streamOf(t, 9, []kv{{"a", "new"}}))); err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+		tx, err := old.Begin(false)
+		if err != nil {
+			t.Fatalf("the replaced handle is closed while a snapshot reads it: %v", err)
+		}
+		tx.Rollback()
+		released := make(chan struct{})
+		if releaseFirst {
+			s.Release()
+			close(released)
+		} else {
+			go func() { time.Sleep(50 * time.Millisecond); s.Release(); close(released) }()
+		}
+		if err := e.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		<-released
+		if tx, err := old.Begin(false); err == nil {
+			tx.Rollback()
+			t.Errorf("releaseFirst=%v: the replaced handle is still open after Release and Close", releaseFirst)
+		}
+		e.smu.Lock()
+		if len(e.snaps) != 0 || len(e.retired) != 0 {
+			t.Errorf("releaseFirst=%v: %d handles with snapshots, %d retired left", releaseFirst, len(e.snaps), len(e.retired))
+		}
+		e.smu.Unlock()
 	}
 }

@@ -426,6 +426,10 @@ func (s *LogStore) StoreLog(log *raft.Log) error {
 // entries fails with an error wrapping ErrDiskFull, and a batch without
 // goes into the tail's reserve while it has room (see DiskFull).
 func (s *LogStore) StoreLogs(logs []*raft.Log) error {
+	return diskFull(s.storeLogs(logs))
+}
+
+func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
