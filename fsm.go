@@ -124,6 +124,7 @@ type fsm struct {
 	eng    storage.Engine
 	logger *slog.Logger
 	stop   <-chan struct{} // closed when the Store shuts down
+	rs     *restorer       // the staging of a restore in progress
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
@@ -145,7 +146,7 @@ var (
 )
 
 func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}) *fsm {
-	return &fsm{eng: eng, logger: logger, stop: stop, applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
+	return &fsm{eng: eng, logger: logger, stop: stop, rs: newRestorer("", eng, logger), applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
 }
 
 // Apply implements raft.FSM.
@@ -154,7 +155,8 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // ApplyBatch implements raft.BatchingFSM. Raft hands it command and
 // configuration entries; the engine records the last index of the batch.
 // Entries at or below the engine's applied index (replayed after a restart)
-// are skipped.
+// are skipped. Restore entries (restore.go) split the batch: each is carried
+// out in its place, between engine transactions.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	resp := make([]any, len(logs))
 	if len(logs) == 0 {
@@ -171,9 +173,67 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	if last <= from {
 		return resp
 	}
+	start := 0 // the first entry not applied yet
+	for i, l := range logs {
+		if l.Index <= from || l.Type != raft.LogCommand || !isRestoreEntry(l.Data) {
+			continue
+		}
+		e, err := decodeRestoreEntry(l.Data)
+		if err != nil {
+			f.logger.Error("skipping undecodable log entry", "index", l.Index, "error", err)
+			resp[i] = err
+			continue
+		}
+		var ok bool
+		if e.kind == restoreCommit {
+			// The entries before it, then the install, which sets the
+			// applied index to the commit's.
+			ok = (i == start || logs[i-1].Index <= from || f.update(logs[i-1].Index, logs[start:i], resp[start:i], from)) &&
+				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) })
+		} else {
+			// Staging first: once the engine records this index as
+			// applied, a restart does not apply the entry again.
+			f.rs.apply(e)
+			ok = f.update(l.Index, logs[start:i], resp[start:i], from)
+		}
+		if !ok {
+			return abandon(resp)
+		}
+		start = i + 1
+	}
+	if start < len(logs) && !f.update(last, logs[start:], resp[start:], from) {
+		return abandon(resp)
+	}
+	f.notify()
+	if f.snapBytes > 0 {
+		var n uint64
+		for _, l := range logs {
+			n += uint64(len(l.Data))
+		}
+		if f.sinceSnap.Add(n) >= f.snapBytes {
+			select {
+			case f.wantSnap <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return resp
+}
+
+func abandon(resp []any) []any {
+	for i := range resp {
+		resp[i] = ErrClosed
+	}
+	return resp
+}
+
+// update applies the command entries of logs above from in one engine
+// transaction that records index as applied, writing their responses into
+// resp. It returns false if the Store stopped before it succeeded.
+func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bool {
 	apply := func(tx storage.WriteTx) error {
 		for i, l := range logs {
-			if l.Index <= from || l.Type != raft.LogCommand {
+			if l.Index <= from || l.Type != raft.LogCommand || isRestoreEntry(l.Data) {
 				continue
 			}
 			c, err := decodeCommand(l.Data)
@@ -190,42 +250,31 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return nil
 	}
-	// A failed commit (disk full, I/O error) must not be skipped: later
-	// entries build on this one. Retry until it works or the Store stops.
+	return f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) })
+}
+
+// retry runs fn until it succeeds, or the Store stops (then it returns
+// false and nothing more is applied). A failed commit (disk full, I/O
+// error) or restore install must not be skipped: later entries build on
+// it.
+func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
-		err := f.eng.Update(last, apply)
+		err := fn()
 		if err == nil {
-			break
+			return true
 		}
 		if errors.Is(err, storage.ErrCorrupt) {
-			f.logger.Error("applying committed entries failed: the data file is damaged; this member cannot go on until it is rebuilt (see kv.Rebuild)", "index", last, "error", err, "retry_in", delay)
+			f.logger.Error(what+" failed: the data file is damaged; this member cannot go on until it is rebuilt (see kv.Rebuild)", "index", index, "error", err, "retry_in", delay)
 		} else {
-			f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
+			f.logger.Error(what+" failed; retrying", "index", index, "error", err, "retry_in", delay)
 		}
 		select {
 		case <-f.stop:
 			f.abandoned.Store(true)
-			for i := range resp {
-				resp[i] = ErrClosed
-			}
-			return resp
+			return false
 		case <-time.After(delay):
 		}
 	}
-	f.notify()
-	if f.snapBytes > 0 {
-		var n uint64
-		for _, l := range logs {
-			n += uint64(len(l.Data))
-		}
-		if f.sinceSnap.Add(n) >= f.snapBytes {
-			select {
-			case f.wantSnap <- struct{}{}:
-			default:
-			}
-		}
-	}
-	return resp
 }
 
 func applyOps(tx storage.WriteTx, index uint64, ops []op) error {
@@ -271,6 +320,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	if f.abandoned.Load() {
 		return nil, ErrClosed
 	}
+	if err := f.rs.holdsSnapshots(); err != nil {
+		return nil, err
+	}
 	s, err := f.eng.Snapshot()
 	if err != nil {
 		return nil, err
@@ -279,9 +331,11 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{s: s}, nil
 }
 
-// Restore implements raft.FSM: it replaces the data atomically.
+// Restore implements raft.FSM: it replaces the data atomically. A restore
+// being staged is dropped: the snapshot supersedes what was staged.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	f.rs.drop("a Raft snapshot is installed")
 	if err := f.eng.Restore(rc); err != nil {
 		return fmt.Errorf("kv: restore snapshot: %w", err)
 	}

@@ -83,6 +83,14 @@ type Store struct {
 	keyring   *memberlist.Keyring // nil without Config.GossipKey
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt atomic.Bool
+
+	// Restore: one at a time; restoreOwn is the ID of this instance's
+	// restore in progress. restoreHook and restoreChunk are set by tests
+	// before Restore runs.
+	restoreBusy  atomic.Bool
+	restoreOwn   atomic.Pointer[restoreID]
+	restoreHook  func(step string, n int)
+	restoreChunk int
 }
 
 func init() {
@@ -170,6 +178,11 @@ func (s *Store) open() error {
 		}
 	}
 	s.fsm = newFSM(s.eng, s.logger, s.raftStop)
+	if !cfg.InMemory {
+		// Stages restores in DataDir, and removes what an interrupted one
+		// left there.
+		s.fsm.rs = newRestorer(cfg.DataDir, s.eng, s.logger)
+	}
 	s.fsm.snapBytes = cfg.SnapshotBytes
 
 	// Transport.
@@ -576,6 +589,9 @@ func (s *Store) shutdown() error {
 		s.mux.Close()
 	}
 	s.wg.Wait()
+	if s.fsm != nil {
+		s.fsm.rs.close()
+	}
 	if s.eng != nil {
 		if err := s.eng.Close(); err != nil {
 			errs = append(errs, err)
