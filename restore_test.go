@@ -194,10 +194,12 @@ func TestRestore_FailedStagingReturnsErrorOldDataServes(t *testing.T) {
 	}
 	t.Logf("Restore: %v", err)
 	f.serves(t, 0, false)
-	if err := s.Set(ctx, "old/00", []byte("written after")); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := s.Set(wctx, "old/00", []byte("written after")); err != nil {
 		t.Fatalf("write after a failed restore: %v", err)
 	}
-	if v, err := s.Get(ctx, "old/00"); err != nil || string(v) != "written after" {
+	if v, err := s.Get(wctx, "old/00"); err != nil || string(v) != "written after" {
 		t.Fatalf("read after a failed restore: %q, %v", v, err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(c.Config(0).DataDir, "restore-*")); len(m) != 0 {

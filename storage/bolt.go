@@ -728,6 +728,9 @@ func (e *Bolt) swapIn(tmp string) error {
 	}
 	// From here the old file is unlinked: the engine is on the new file or
 	// refuses to go on.
+	if afterRename != nil {
+		afterRename(e.path)
+	}
 	var err error
 	if !e.opts.NoSync {
 		if err = syncDir(filepath.Dir(e.path)); err != nil {
@@ -762,6 +765,9 @@ func (e *Bolt) swapIn(tmp string) error {
 	}
 	return err
 }
+
+// afterRename, when set (by tests), runs in Install right after the rename.
+var afterRename func(path string)
 
 // usable returns ErrClosed after Close, the error that broke the engine
 // after a failed Install, or nil. The caller holds mu.
