@@ -272,6 +272,10 @@ func (r *restorer) apply(e restoreEntry) {
 				return
 			}
 		} else {
+			// Grown as chunks arrive, not allocated at the begin.
+			if end := int(e.off) + len(e.data); end > len(st.mem) {
+				st.mem = append(st.mem, make([]byte, end-len(st.mem))...)
+			}
 			copy(st.mem[e.off:], e.data)
 		}
 		if e.off+uint64(len(e.data)) == st.total {
@@ -287,7 +291,6 @@ func (r *restorer) apply(e restoreEntry) {
 func (r *restorer) create(e restoreEntry) *staging {
 	st := &staging{id: e.id, total: e.total, crc: e.crc, begun: time.Now()}
 	if r.dir == "" {
-		st.mem = make([]byte, e.total)
 		if e.total == 0 {
 			r.prepare(st)
 		}
@@ -346,6 +349,9 @@ func (r *restorer) prepare(st *staging) {
 }
 
 func (st *staging) check() error {
+	if st.f == nil && uint64(len(st.mem)) != st.total {
+		return fmt.Errorf("%w: restore %s: staging holds %d bytes, want %d", storage.ErrCorrupt, st.id, len(st.mem), st.total)
+	}
 	if st.f != nil {
 		fi, err := st.f.Stat()
 		if err != nil {
