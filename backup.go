@@ -2,7 +2,9 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"time"
@@ -55,9 +57,26 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 // Restore replaces the whole data set of the cluster with a copy written by
 // Backup (of this cluster or another one). It must be called on the leader
 // (Stats().State == StateLeader); on another instance it returns an error
-// wrapping ErrNoLeader. Every member installs the copy through Raft; writes
-// in flight at that moment fail with ErrLeadershipLost. A damaged copy is
-// refused and nothing changes.
+// wrapping ErrNoLeader. One Restore runs at a time on an instance.
+//
+// The copy is checked whole first (into a temporary file in DataDir, or the
+// system's temporary directory when InMemory): a damaged copy is refused
+// and nothing is proposed. Then it goes through the Raft log in chunks
+// (entries of 512 KiB): every member stages them beside its data (a file
+// in DataDir, or memory) without changing what it serves, and the data
+// set changes only when a final commit entry is applied, on every member
+// at that same index; reads and writes go on meanwhile and are ordered
+// with the restore by the log like any write. Before it proposes the
+// commit, the leader checks that its own staging is complete and built; if
+// it is not (disk full: the error wraps storage.ErrDiskFull), it proposes
+// an abort and returns the error, and the old data keeps serving
+// everywhere. A member that cannot install a committed restore (its own
+// disk filled up while staging) stops applying rather than diverge.
+//
+// If Restore returns ErrLeadershipLost (or ctx ends) after the chunks, the
+// commit may or may not have been applied: read the data to find out. A
+// restore whose leader fails before the commit is aborted by the next
+// leader; the old data stays.
 func (s *Store) Restore(ctx context.Context, r io.Reader) error {
 	if err := s.usable(); err != nil {
 		return err
@@ -65,46 +84,171 @@ func (s *Store) Restore(ctx context.Context, r io.Reader) error {
 	if s.raft.State() != raft.Leader {
 		return fmt.Errorf("%w: Restore must run on the leader", ErrNoLeader)
 	}
-	// Raft installs a user snapshot at max(meta.Index, its last index)+1 and
-	// leaves a hole before it. The stream must carry that index, because the
-	// data's applied index is what reads wait for: pick meta.Index far enough
-	// ahead that raft uses it.
-	target := s.raft.LastIndex() + 1<<16
-	// Check and re-stamp the copy into a temporary file first: raft needs
-	// its size, and nothing reaches raft unless the whole copy is intact.
-	tmp, err := os.CreateTemp(s.cfg.DataDir, "restore-*.tmp")
+	if !s.restoreBusy.CompareAndSwap(false, true) {
+		return errors.New("kv: restore: another Restore is running on this instance")
+	}
+	defer s.restoreBusy.Store(false)
+
+	// Check the copy into a temporary file first: nothing is proposed
+	// unless the whole copy is intact. Its index is set at the commit.
+	tmp, err := os.CreateTemp(s.cfg.DataDir, stagingPrefix+"*.tmp")
 	if err != nil {
-		return fmt.Errorf("kv: restore: %w", err)
+		return fmt.Errorf("kv: restore: %w", wrapDiskFull(err))
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	if err := storage.Reindex(ctxReader{ctx, r}, target, tmp); err != nil {
-		return fmt.Errorf("kv: restore: %w", err)
+	sum := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	if err := storage.Reindex(ctxReader{ctx, r}, 0, io.MultiWriter(tmp, sum)); err != nil {
+		return fmt.Errorf("kv: restore: %w", wrapDiskFull(err))
 	}
 	size, err := tmp.Seek(0, io.SeekCurrent)
-	if err == nil {
-		_, err = tmp.Seek(0, io.SeekStart)
-	}
 	if err != nil {
 		return fmt.Errorf("kv: restore: %w", err)
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: target - 1, Term: s.raft.CurrentTerm(), Size: size}
-	timeout := time.Duration(0)
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+
+	id := newRestoreID()
+	s.restoreOwn.Store(&id)
+	defer s.restoreOwn.Store(nil)
+	// Past the leader's limit the members may take snapshots again: commit
+	// only well before it.
+	ctx, cancel := context.WithTimeout(ctx, restoreLeaderLimit)
+	defer cancel()
+	p := &proposer{s: s, ctx: ctx}
+	p.propose(restoreEntry{kind: restoreBegin, id: id, total: uint64(size), crc: sum.Sum32()}.encode())
+	chunk := s.restoreChunk
+	if chunk <= 0 {
+		chunk = restoreChunkSize
 	}
-	if err := s.raft.Restore(meta, tmp, timeout); err != nil {
-		return fmt.Errorf("kv: restore: %w", translateRaftErr(err))
+	for off, n := int64(0), 0; off < size && p.err == nil; off, n = off+int64(chunk), n+1 {
+		buf := make([]byte, min(int64(chunk), size-off))
+		if _, err := tmp.ReadAt(buf, off); err != nil {
+			p.err = fmt.Errorf("kv: restore: read the checked copy: %w", err)
+			break
+		}
+		s.restoreStep("chunk", n)
+		p.propose(restoreEntry{kind: restoreChunk, id: id, off: uint64(off), data: buf}.encode())
 	}
-	// Raft follows the snapshot with a no-op entry the state machines do
-	// not see; commit an entry they see, so that read indexes stay ones the
-	// data reaches.
-	if err := s.applyLocal(ctx, nil); err != nil {
-		return fmt.Errorf("kv: restore: data restored; marker entry: %w", err)
+	if err := p.drain(); err != nil {
+		return s.abortRestore(id, fmt.Errorf("kv: restore: %w", err))
 	}
-	s.fsm.notify()
-	s.logger.Info("data set restored from a backup", "index", target)
+	// Every chunk is applied here: the leader's staging says whether the
+	// copy is complete and built.
+	if err := s.fsm.rs.status(id); err != nil {
+		return s.abortRestore(id, fmt.Errorf("kv: restore: staging on the leader failed; nothing changed: %w", err))
+	}
+	s.restoreStep("commit", 0)
+	p.propose(restoreEntry{kind: restoreCommit, id: id}.encode())
+	if err := p.drain(); err != nil {
+		return fmt.Errorf("kv: restore: commit: %w", err)
+	}
+	s.logger.Info("data set restored from a backup", "restore", id, "index", s.eng.AppliedIndex(), "bytes", size)
 	return nil
+}
+
+// restoreStep calls the test hook, if any, at a step of Restore.
+func (s *Store) restoreStep(step string, n int) {
+	if s.restoreHook != nil {
+		s.restoreHook(step, n)
+	}
+}
+
+// abortRestore proposes the abort of restore id (when this member still
+// leads) and returns err, noting whether the abort failed.
+func (s *Store) abortRestore(id restoreID, err error) error {
+	if s.raft.State() != raft.Leader {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	p := &proposer{s: s, ctx: ctx}
+	p.propose(restoreEntry{kind: restoreAbort, id: id}.encode())
+	if aerr := p.drain(); aerr != nil {
+		s.logger.Warn("proposing a restore's abort failed; the next leader aborts it", "restore", id, "error", aerr)
+		return fmt.Errorf("%w (and its abort: %v)", err, aerr)
+	}
+	s.logger.Info("restore aborted", "restore", id, "error", err)
+	return err
+}
+
+// abortStaleRestore runs on the leader: a staging that no Restore of this
+// instance owns was left by a leader that failed before its commit, and is
+// aborted.
+func (s *Store) abortStaleRestore() {
+	id, open := s.fsm.rs.openID()
+	if !open || s.readyTerm.Load() != s.raft.CurrentTerm() {
+		return
+	}
+	if own := s.restoreOwn.Load(); own != nil && *own == id {
+		return
+	}
+	if err := s.raft.Apply(restoreEntry{kind: restoreAbort, id: id}.encode(), 5*time.Second).Error(); err != nil {
+		s.logger.Warn("aborting a restore left by an earlier leader failed", "restore", id, "error", err)
+		return
+	}
+	s.logger.Info("aborted a restore left by an earlier leader", "restore", id)
+}
+
+// proposer applies restore entries through Raft directly (not the batcher),
+// with up to restoreInFlight in flight; err is the first failure.
+type proposer struct {
+	s        *Store
+	ctx      context.Context
+	inflight []chan error
+	err      error
+}
+
+func (p *proposer) propose(b []byte) {
+	if p.err != nil {
+		return
+	}
+	for len(p.inflight) >= restoreInFlight && p.err == nil {
+		p.waitOne()
+	}
+	if p.err != nil {
+		return
+	}
+	f := p.s.raft.Apply(b, 10*time.Second)
+	ch := make(chan error, 1)
+	if !p.s.goRaft(func() {
+		err := translateRaftErr(f.Error())
+		if err == nil {
+			if rerr, ok := f.Response().(error); ok {
+				err = rerr
+			}
+		}
+		ch <- err
+	}) {
+		p.err = ErrClosed
+		return
+	}
+	p.inflight = append(p.inflight, ch)
+}
+
+func (p *proposer) waitOne() {
+	ch := p.inflight[0]
+	p.inflight = p.inflight[1:]
+	select {
+	case err := <-ch:
+		if err != nil && p.err == nil {
+			p.err = err
+		}
+	case <-p.ctx.Done():
+		p.err = p.ctx.Err()
+	case <-p.s.ctx.Done():
+		p.err = ErrClosed
+	}
+}
+
+// drain waits for every entry in flight and returns the first failure.
+func (p *proposer) drain() error {
+	for len(p.inflight) > 0 && p.err == nil {
+		p.waitOne()
+	}
+	p.inflight = nil
+	if errors.Is(p.err, errNotLeader) {
+		return fmt.Errorf("%w: %v", ErrLeadershipLost, p.err)
+	}
+	return p.err
 }
 
 type ctxReader struct {

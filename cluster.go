@@ -217,6 +217,7 @@ func (s *Store) leaderLoop() {
 		}
 		if s.raft.State() == raft.Leader {
 			s.markTerm()
+			s.abortStaleRestore()
 			s.reconcile()
 		}
 	}

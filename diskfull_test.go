@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,5 +238,72 @@ func TestCluster_DiskFullUnderLoad(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatalf("Close of node%d did not return within 20 s", i)
 		}
+	}
+}
+
+// A restore whose staging fills the disk on the leader is aborted: Restore
+// returns an error wrapping storage.ErrDiskFull, the old data keeps serving
+// and taking writes, and the restore works once space is freed.
+func TestRestore_DiskFullWhileStaging(t *testing.T) {
+	dir := mountTmpfs(t, "48m")
+	ctx := ctxT(t, 120*time.Second)
+	src, err := kv.Open(kv.Config{NodeID: "src", InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := src.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	val := bytes.Repeat([]byte("r"), 1000)
+	for i := 0; i < 3000; i++ {
+		if err := src.Set(ctx, fmt.Sprintf("new/%04d", i), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var backup bytes.Buffer
+	if err := src.Backup(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	s, err := kv.Open(kv.Config{NodeID: "solo", DataDir: filepath.Join(dir, "kv")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "old", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	// Room for the leader's checked copy and a third of the staging.
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, free-int64(backup.Len())*4/3), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Restore(ctx, bytes.NewReader(backup.Bytes()))
+	if !errors.Is(err, storage.ErrDiskFull) {
+		t.Fatalf("Restore on a full disk: %v, want storage.ErrDiskFull", err)
+	}
+	t.Logf("Restore: %v", err)
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Get(ctx, "old"); err != nil || string(v) != "1" {
+		t.Fatalf("old data after the failed restore: %q, %v", v, err)
+	}
+	if err := s.Set(ctx, "old", []byte("2")); err != nil {
+		t.Fatalf("write after the failed restore: %v", err)
+	}
+	if err := s.Restore(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatalf("Restore with space: %v", err)
+	}
+	if got, err := s.List(ctx, ""); err != nil || len(got) != 3000 {
+		t.Fatalf("restored %d pairs, %v", len(got), err)
 	}
 }

@@ -70,7 +70,9 @@
 // background once a second: after a crash the entries since are applied
 // again from the log) and snapshots/ (Raft snapshots, which compact the
 // log). Backup writes a consistent, checksummed copy of the data from any
-// instance; Restore, on the leader, installs such a copy on every member. On
+// instance; Restore, on the leader, sends such a copy through the Raft log,
+// staged beside the data on every member and installed by all at one commit
+// entry (until then, and if it fails, the old data serves). On
 // restart an instance reads its data file as it is, replays only the log
 // entries after it, and rejoins. InMemory keeps all of this in memory;
 // nothing survives Close.

@@ -125,6 +125,7 @@ type fsm struct {
 	logger *slog.Logger
 	stop   <-chan struct{} // closed when the Store begins to close
 	halt   func(error)     // stops this member (halt.go)
+	rs     *restorer       // the staging of a restore in progress
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
@@ -149,7 +150,7 @@ var (
 )
 
 func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}, halt func(error)) *fsm {
-	return &fsm{eng: eng, logger: logger, stop: stop, halt: halt, applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
+	return &fsm{eng: eng, logger: logger, stop: stop, halt: halt, rs: newRestorer("", eng, logger), applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
 }
 
 // stuckErr returns the error that keeps the state machine from applying
@@ -167,78 +168,54 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // ApplyBatch implements raft.BatchingFSM. Raft hands it command and
 // configuration entries; the engine records the last index of the batch.
 // Entries at or below the engine's applied index (replayed after a restart)
-// are skipped.
+// are skipped. Restore entries (restore.go) split the batch: each is carried
+// out in its place, between engine transactions.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	resp := make([]any, len(logs))
 	if len(logs) == 0 {
 		return resp
 	}
 	if f.abandoned.Load() {
-		return f.failAll(resp)
+		for i := range resp {
+			resp[i] = ErrClosed
+		}
+		return resp
 	}
 	last := logs[len(logs)-1].Index
 	from := f.eng.AppliedIndex()
 	if last <= from {
 		return resp
 	}
-	apply := func(tx storage.WriteTx) error {
-		for i, l := range logs {
-			if l.Index <= from || l.Type != raft.LogCommand {
-				continue
-			}
-			c, err := decodeCommand(l.Data)
-			if err != nil {
-				// Leaders validate commands before they enter the log, so
-				// this is damage; skipping it is the same on every member.
-				f.logger.Error("skipping undecodable log entry", "index", l.Index, "error", err)
-				resp[i] = err
-				continue
-			}
-			if err := applyOps(tx, l.Index, c.Ops); err != nil {
-				return err
-			}
+	start := 0 // the first entry not applied yet
+	for i, l := range logs {
+		if l.Index <= from || l.Type != raft.LogCommand || !isRestoreEntry(l.Data) {
+			continue
 		}
-		return nil
+		e, err := decodeRestoreEntry(l.Data)
+		if err != nil {
+			f.logger.Error("skipping undecodable log entry", "index", l.Index, "error", err)
+			resp[i] = err
+			continue
+		}
+		var ok bool
+		if e.kind == restoreCommit {
+			// The entries before it, then the install, which sets the
+			// applied index to the commit's.
+			ok = (i == start || logs[i-1].Index <= from || f.update(logs[i-1].Index, logs[start:i], resp[start:i], from)) &&
+				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) })
+		} else {
+			// Staging first: once the engine records this index as
+			// applied, a restart does not apply the entry again.
+			f.rs.apply(e)
+			ok = f.update(l.Index, logs[start:i], resp[start:i], from)
+		}
+		if !ok {
+			return abandon(resp)
+		}
+		start = i + 1
 	}
-	// A batch that failed must not be skipped: later entries build on it.
-	// Damage stops this member at once; a full disk is waited out (reads
-	// of what is applied go on, and writes are refused meanwhile); any
-	// other error is retried for applyRetryLimit before the member stops.
-	start := time.Now()
-	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
-		err := f.eng.Update(last, apply)
-		if err == nil {
-			if f.stuck.Swap(nil) != nil {
-				f.logger.Info("applying committed entries again: the disk has space", "index", last)
-			}
-			break
-		}
-		switch {
-		case errors.Is(err, storage.ErrClosed):
-			f.abandoned.Store(true)
-		case errors.Is(err, storage.ErrCorrupt):
-			f.halt(fmt.Errorf("apply entries up to index %d: %w", last, err))
-			f.abandoned.Store(true)
-		case errors.Is(err, storage.ErrDiskFull):
-			if f.stuck.Swap(&err) == nil {
-				f.logger.Error("applying committed entries waits for disk space; writes are refused meanwhile", "index", last, "error", err)
-				f.notify()
-			}
-		case time.Since(start) >= applyRetryLimit:
-			f.halt(fmt.Errorf("apply entries up to index %d failed for %v: %w", last, applyRetryLimit, err))
-			f.abandoned.Store(true)
-		default:
-			f.logger.Error("applying committed entries failed; retrying", "index", last, "error", err, "retry_in", delay)
-		}
-		if f.abandoned.Load() {
-			return f.failAll(resp)
-		}
-		select {
-		case <-f.stop:
-			f.abandoned.Store(true)
-			return f.failAll(resp)
-		case <-time.After(delay):
-		}
+	if start < len(logs) && !f.update(last, logs[start:], resp[start:], from) {
+		return abandon(resp)
 	}
 	f.notify()
 	if f.snapBytes > 0 {
@@ -256,17 +233,87 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	return resp
 }
 
-// applyRetryLimit is how long the state machine retries a batch that fails
-// for a reason other than damage or a full disk before the member stops.
-const applyRetryLimit = 10 * time.Second
-
-// failAll answers every entry of a batch that will not be applied here.
-func (f *fsm) failAll(resp []any) []any {
+func abandon(resp []any) []any {
 	for i := range resp {
 		resp[i] = ErrClosed
 	}
 	return resp
 }
+
+// update applies the command entries of logs above from in one engine
+// transaction that records index as applied, writing their responses into
+// resp. It returns false if the Store stopped before it succeeded.
+func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bool {
+	apply := func(tx storage.WriteTx) error {
+		for i, l := range logs {
+			if l.Index <= from || l.Type != raft.LogCommand || isRestoreEntry(l.Data) {
+				continue
+			}
+			c, err := decodeCommand(l.Data)
+			if err != nil {
+				// Leaders validate commands before they enter the log, so
+				// this is damage; skipping it is the same on every member.
+				f.logger.Error("skipping undecodable log entry", "index", l.Index, "error", err)
+				resp[i] = err
+				continue
+			}
+			if err := applyOps(tx, l.Index, c.Ops); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) })
+}
+
+// retry runs fn until it succeeds, or the Store stops or this member halts
+// (then it returns false and nothing more is applied). A failed commit or
+// restore install must not be skipped: later entries build on it. Damage
+// halts the member at once; a full disk is waited out (reads of what is
+// applied go on, and writes are refused meanwhile); any other error is
+// retried for applyRetryLimit before the member halts.
+func (f *fsm) retry(index uint64, what string, fn func() error) bool {
+	start := time.Now()
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		err := fn()
+		if err == nil {
+			if f.stuck.Swap(nil) != nil {
+				f.logger.Info(what+" again: the disk has space", "index", index)
+			}
+			return true
+		}
+		switch {
+		case errors.Is(err, storage.ErrClosed):
+			f.abandoned.Store(true)
+		case errors.Is(err, storage.ErrCorrupt):
+			f.halt(fmt.Errorf("%s at index %d: %w", what, index, err))
+			f.abandoned.Store(true)
+		case errors.Is(err, storage.ErrDiskFull):
+			if f.stuck.Swap(&err) == nil {
+				f.logger.Error(what+" waits for disk space; writes are refused meanwhile", "index", index, "error", err)
+				f.notify()
+			}
+		case time.Since(start) >= applyRetryLimit:
+			f.halt(fmt.Errorf("%s at index %d failed for %v: %w", what, index, applyRetryLimit, err))
+			f.abandoned.Store(true)
+		default:
+			f.logger.Error(what+" failed; retrying", "index", index, "error", err, "retry_in", delay)
+		}
+		if f.abandoned.Load() {
+			return false
+		}
+		select {
+		case <-f.stop:
+			f.abandoned.Store(true)
+			return false
+		case <-time.After(delay):
+		}
+	}
+}
+
+// applyRetryLimit is how long the state machine retries a batch that fails
+// for a reason other than damage or a full disk before the member halts.
+const applyRetryLimit = 10 * time.Second
 
 func applyOps(tx storage.WriteTx, index uint64, ops []op) error {
 	for _, o := range ops {
@@ -311,6 +358,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	if f.abandoned.Load() {
 		return nil, ErrClosed
 	}
+	if err := f.rs.holdsSnapshots(); err != nil {
+		return nil, err
+	}
 	s, err := f.eng.Snapshot()
 	if err != nil {
 		return nil, err
@@ -319,9 +369,11 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{s: s}, nil
 }
 
-// Restore implements raft.FSM: it replaces the data atomically.
+// Restore implements raft.FSM: it replaces the data atomically. A restore
+// being staged is dropped: the snapshot supersedes what was staged.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	f.rs.drop("a Raft snapshot is installed")
 	if err := f.eng.Restore(rc); err != nil {
 		return fmt.Errorf("kv: restore snapshot: %w", err)
 	}

@@ -90,6 +90,14 @@ type Store struct {
 	// While the disk is full: when a write last tried to make room.
 	probeMu   sync.Mutex
 	lastProbe time.Time
+
+	// Restore: one at a time; restoreOwn is the ID of this instance's
+	// restore in progress. restoreHook and restoreChunk are set by tests
+	// before Restore runs.
+	restoreBusy  atomic.Bool
+	restoreOwn   atomic.Pointer[restoreID]
+	restoreHook  func(step string, n int)
+	restoreChunk int
 }
 
 func init() {
@@ -176,6 +184,11 @@ func (s *Store) open() error {
 		}
 	}
 	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt)
+	if !cfg.InMemory {
+		// Stages restores in DataDir, and removes what an interrupted one
+		// left there.
+		s.fsm.rs = newRestorer(cfg.DataDir, s.eng, s.logger)
+	}
 	s.fsm.snapBytes = cfg.SnapshotBytes
 
 	// Transport.
@@ -607,6 +620,9 @@ func (s *Store) shutdown() error {
 		s.mux.Close()
 	}
 	s.wg.Wait()
+	if s.fsm != nil {
+		s.fsm.rs.close()
+	}
 	if s.eng != nil {
 		if err := s.eng.Close(); err != nil {
 			errs = append(errs, err)

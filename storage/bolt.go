@@ -73,11 +73,13 @@ type Bolt struct {
 	pending  *layer // writes since the last swap; never nil while open
 	flushing *layer // the layer being committed, or nil
 	flushErr error  // the last failed commit, until one succeeds
+	broken   error  // set when an Install failed after its rename: every call returns it
 
 	applied atomic.Uint64 // the last Update, in memory
 	durable atomic.Uint64 // the applied index the file records
 	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
 	cache   *readCache
+	staged  atomic.Pointer[boltStaged] // the one staged restore, if any
 
 	// Snapshots open on each file handle, and the handles a Restore
 	// replaced while snapshots still read them: the last Release closes
@@ -236,9 +238,9 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 		return err
 	}
 	e.mu.Lock()
-	if e.closed {
+	if err := e.usable(); err != nil {
 		e.mu.Unlock()
-		return ErrClosed
+		return err
 	}
 	for _, it := range buf.m {
 		p.t.ReplaceOrInsert(it)
@@ -302,9 +304,9 @@ func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
 // the only one that changes it).
 func (e *Bolt) viewWith(clone bool, fn func(p, f *layer, file boltTx, gen uint64) error) error {
 	e.mu.Lock() // Clone writes to the tree's header
-	if e.closed {
+	if err := e.usable(); err != nil {
 		e.mu.Unlock()
-		return ErrClosed
+		return err
 	}
 	p, f, db, gen := e.pending, e.flushing, e.db, e.gen.Load()
 	if clone {
@@ -329,9 +331,9 @@ func (e *Bolt) viewWith(clone bool, fn func(p, f *layer, file boltTx, gen uint64
 func (e *Bolt) Lookup(key string, dst []byte) ([]byte, bool, error) {
 	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // read only
 	e.mu.RLock()
-	if e.closed {
+	if err := e.usable(); err != nil {
 		e.mu.RUnlock()
-		return dst, false, ErrClosed
+		return dst, false, err
 	}
 	// Under the lock: Update changes the pending layer in place.
 	if v, ok, found := e.pending.get(kb); found {
@@ -411,7 +413,7 @@ func (e *Bolt) swap() {
 // that also records its index, then drops it. The caller holds fmu.
 func (e *Bolt) commitFlushing() error {
 	e.mu.RLock()
-	f, db, closed := e.flushing, e.db, e.closed
+	f, db, closed := e.flushing, e.db, e.closed || e.broken != nil
 	e.mu.RUnlock()
 	if f == nil || closed {
 		return nil
@@ -506,8 +508,8 @@ func (e *Bolt) Snapshot() (Snapshot, error) {
 	}
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	if e.closed {
-		return nil, ErrClosed
+	if err := e.usable(); err != nil {
+		return nil, err
 	}
 	tx, err := e.db.Begin(false)
 	if err != nil {
@@ -572,19 +574,47 @@ const (
 	restoreFillPercent = 0.9
 )
 
-// Restore implements Engine. The stream is written into a new file next to
-// the data file, synced, checked, and only then renamed over it.
+// Restore implements Engine: Stage, then Install at the stream's index.
 func (e *Bolt) Restore(r io.Reader) error {
+	st, err := e.stage(r)
+	if err != nil {
+		return err
+	}
+	return st.Install(st.index)
+}
+
+// Stage implements Engine. The stream is written into a new bbolt file next
+// to the data file (path + ".restore"), checked and synced; Install stamps
+// its applied index and renames it over the data file.
+func (e *Bolt) Stage(r io.Reader) (Staged, error) {
+	st, err := e.stage(r)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (e *Bolt) stage(r io.Reader) (*boltStaged, error) {
+	e.mu.RLock()
+	err := e.usable()
+	e.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
 	tmp := e.path + ".restore"
+	// The file has one name: an earlier staged restore is gone with it.
+	if old := e.staged.Swap(nil); old != nil {
+		old.done = true
+	}
 	_ = fsRemove(tmp)
 	ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
-		return fmt.Errorf("storage: restore %s: %w", tmp, err)
+		return nil, diskFull(fmt.Errorf("storage: restore %s: %w", tmp, err))
 	}
-	fail := func(err error) error {
+	fail := func(err error) (*boltStaged, error) {
 		ndb.Close()
 		fsRemove(tmp)
-		return err
+		return nil, diskFull(err)
 	}
 	var (
 		index   uint64
@@ -645,11 +675,6 @@ func (e *Bolt) Restore(r io.Reader) error {
 		err = begin()
 	}
 	if err == nil {
-		var buf [8]byte
-		binary.BigEndian.PutUint64(buf[:], index)
-		err = tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
-	}
-	if err == nil {
 		err = commit()
 	}
 	if err != nil {
@@ -665,42 +690,113 @@ func (e *Bolt) Restore(r io.Reader) error {
 	}
 	if err := ndb.Close(); err != nil {
 		fsRemove(tmp)
-		return fmt.Errorf("storage: restore %s: %w", tmp, err)
+		return nil, diskFull(fmt.Errorf("storage: restore %s: %w", tmp, err))
 	}
+	st := &boltStaged{e: e, path: tmp, index: index}
+	e.staged.Store(st)
+	return st, nil
+}
 
-	// Swap: rename the new file over the old one (the open handle keeps the
-	// old inode), open it, switch readers and writers to it, then close the
-	// old handle. The layers are dropped: the new file supersedes them.
-	//
-	// A Snapshot still open on the old handle keeps it open until its
-	// Release, and Restore does not wait for that: bbolt's Close waits for
-	// every read transaction, and raft holds a snapshot (between the state
-	// machine's Snapshot and Persist) while it waits for its main loop,
-	// which is itself waiting for this Restore to end a snapshot install.
-	// Waiting here would deadlock the member.
+// boltStaged is a Bolt engine's staged restore: a complete, synced bbolt
+// file beside the data file.
+type boltStaged struct {
+	e     *Bolt
+	path  string
+	index uint64 // the stream's
+	done  bool
+}
+
+// Discard implements Staged.
+func (s *boltStaged) Discard() {
+	if s.done {
+		return
+	}
+	s.done = true
+	if s.e.staged.CompareAndSwap(s, nil) {
+		fsRemove(s.path)
+	}
+}
+
+// Install implements Staged: it records index in the staged file (one
+// synced transaction), then renames the file over the data file and
+// switches readers and writers to it. A failure before the rename keeps
+// the old data; one after it (syncing the directory, opening the new file)
+// breaks the engine: every later call returns the error, and the member
+// must be reopened (which finds the new file in place, or the old one if
+// the rename did not reach the disk).
+func (s *boltStaged) Install(index uint64) error {
+	e := s.e
+	if s.done || !e.staged.CompareAndSwap(s, nil) {
+		s.done = true
+		return errStagedGone
+	}
+	s.done = true
+	ndb, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: e.opts.NoSync, FreelistType: bolt.FreelistMapType})
+	if err == nil {
+		err = ndb.Update(func(tx *bolt.Tx) error {
+			var buf [8]byte
+			binary.BigEndian.PutUint64(buf[:], index)
+			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
+		})
+		if cerr := ndb.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fsRemove(s.path)
+		return diskFull(fmt.Errorf("storage: restore %s: stamp index %d: %w", s.path, index, err))
+	}
+	return e.swapIn(s.path)
+}
+
+// swapIn renames the complete file tmp over the data file (the open handle
+// keeps the old inode), opens it, switches readers and writers to it, then
+// closes the old handle. The layers are dropped: the new file supersedes
+// them.
+//
+// A Snapshot still open on the old handle keeps it open until its Release,
+// and swapIn does not wait for that: bbolt's Close waits for every read
+// transaction, and raft holds a snapshot (between the state machine's
+// Snapshot and Persist) while it waits for its main loop, which is itself
+// waiting for this install to end a snapshot install. Waiting here would
+// deadlock the member.
+func (e *Bolt) swapIn(tmp string) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	e.fmu.Lock()
 	defer e.fmu.Unlock()
 	e.mu.Lock()
-	if e.closed {
+	if err := e.usable(); err != nil {
 		e.mu.Unlock()
 		fsRemove(tmp)
-		return ErrClosed
+		return err
 	}
 	if err := fsRename(tmp, e.path); err != nil {
 		e.mu.Unlock()
 		fsRemove(tmp)
 		return fmt.Errorf("storage: restore %s: %w", e.path, err)
 	}
+	// From here the old file is unlinked: the engine is on the new file or
+	// refuses to go on.
+	if afterRename != nil {
+		afterRename(e.path)
+	}
+	var err error
 	if !e.opts.NoSync {
-		if err := fsSyncDir(filepath.Dir(e.path)); err != nil {
-			e.mu.Unlock()
-			return fmt.Errorf("storage: restore %s: sync dir: %w", e.path, err)
+		if err = fsSyncDir(filepath.Dir(e.path)); err != nil {
+			err = fmt.Errorf("sync dir: %w", err)
 		}
 	}
-	db, err := e.open(e.path)
+	var db *bolt.DB
+	if err == nil {
+		db, err = e.open(e.path)
+	}
 	if err != nil {
+		e.broken = diskFull(fmt.Errorf("storage: restore %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", e.path, err))
+		e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
+		e.gen.Add(1)
+		e.cache.clear()
+		err = e.broken
 		e.mu.Unlock()
 		return err
 	}
@@ -709,12 +805,27 @@ func (e *Bolt) Restore(r io.Reader) error {
 	e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
 	e.gen.Add(1)
 	e.cache.clear()
-	err = e.loadApplied()
+	if err = e.loadApplied(); err != nil {
+		e.broken = fmt.Errorf("storage: restore %s: the new data file cannot be read (reopen the member): %w", e.path, err)
+		err = e.broken
+	}
 	e.mu.Unlock()
 	if cerr := e.retire(old); cerr != nil && err == nil {
 		err = fmt.Errorf("storage: restore: close old %s: %w", e.path, cerr)
 	}
 	return err
+}
+
+// afterRename, when set (by tests), runs in Install right after the rename.
+var afterRename func(path string)
+
+// usable returns ErrClosed after Close, the error that broke the engine
+// after a failed Install, or nil. The caller holds mu.
+func (e *Bolt) usable() error {
+	if e.closed {
+		return ErrClosed
+	}
+	return e.broken
 }
 
 // Close implements Engine: it commits what the layers hold, then closes

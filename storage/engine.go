@@ -35,8 +35,15 @@ type Engine interface {
 	// blocks neither Update nor Restore, until Release.
 	Snapshot() (Snapshot, error)
 	// Restore replaces the whole content, atomically, with a stream written
-	// by WriteSnapshot. On error the previous content is kept.
+	// by WriteSnapshot, and records the stream's index as applied. On error
+	// the previous content is kept. It is Stage followed by Install.
 	Restore(r io.Reader) error
+	// Stage reads a stream written by WriteSnapshot into storage beside the
+	// live data (a synced file next to it, or memory), checking it whole;
+	// readers and Update see nothing of it until Install. One restore is
+	// staged at a time: Stage and Restore discard an earlier staged one,
+	// whose Install then fails. The stream's index is ignored.
+	Stage(r io.Reader) (Staged, error)
 	// Close releases the engine. It is idempotent.
 	Close() error
 }
@@ -69,6 +76,23 @@ type WriteTx interface {
 	Delete(key []byte) error
 }
 
+// Staged is a restore that Engine.Stage built beside an engine's data. It
+// belongs to the caller, who must Install or Discard it; it is not safe for
+// concurrent use.
+type Staged interface {
+	// Install makes the staged data the engine's whole content, atomically,
+	// with index recorded as its applied index. It returns an error, with
+	// the previous content still in place, if the staged data cannot be
+	// switched in; an error from a failure after the switch began (a bbolt
+	// file renamed into place that cannot be synced or opened) leaves the
+	// engine refusing every further call with that error (see Bolt). Either
+	// way the Staged is used up.
+	Install(index uint64) error
+	// Discard drops the staged data. It is idempotent and does nothing
+	// after Install.
+	Discard()
+}
+
 // Snapshot is a point-in-time view of an Engine. It must be released.
 type Snapshot interface {
 	ReadTx
@@ -98,3 +122,7 @@ var (
 	// the write can succeed once space is freed.
 	ErrDiskFull = errors.New("storage: disk full")
 )
+
+// errStagedGone is Staged.Install's error for a staged restore that was
+// discarded, replaced by a newer one, or already installed.
+var errStagedGone = errors.New("storage: staged restore discarded or already installed")

@@ -17,6 +17,7 @@ import (
 type Memory struct {
 	wmu    sync.Mutex // one writer (Update, Restore) at a time
 	cur    atomic.Pointer[memState]
+	staged atomic.Pointer[memStaged] // the one staged restore, if any
 	closed atomic.Bool
 }
 
@@ -94,6 +95,23 @@ func (m *Memory) Snapshot() (Snapshot, error) {
 
 // Restore implements Engine.
 func (m *Memory) Restore(r io.Reader) error {
+	st, err := m.stage(r)
+	if err != nil {
+		return err
+	}
+	return st.Install(st.index)
+}
+
+// Stage implements Engine: the staged data is a tree in memory.
+func (m *Memory) Stage(r io.Reader) (Staged, error) {
+	st, err := m.stage(r)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (m *Memory) stage(r io.Reader) (*memStaged, error) {
 	t := btree.NewG(32, memLess)
 	var index uint64
 	err := ReadSnapshot(r, func(i uint64) error {
@@ -104,15 +122,42 @@ func (m *Memory) Restore(r io.Reader) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
+	st := &memStaged{m: m, tree: t, index: index}
+	if old := m.staged.Swap(st); old != nil {
+		old.Discard()
+	}
+	return st, nil
+}
+
+// memStaged is a Memory engine's staged restore.
+type memStaged struct {
+	m     *Memory
+	tree  *btree.BTreeG[memItem]
+	index uint64 // the stream's
+}
+
+// Install implements Staged.
+func (s *memStaged) Install(index uint64) error {
+	m := s.m
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	if !m.staged.CompareAndSwap(s, nil) {
+		return errStagedGone
+	}
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	m.cur.Store(&memState{tree: t, applied: index})
+	m.cur.Store(&memState{tree: s.tree, applied: index})
+	s.tree = nil
 	return nil
+}
+
+// Discard implements Staged.
+func (s *memStaged) Discard() {
+	s.m.staged.CompareAndSwap(s, nil)
+	s.tree = nil
 }
 
 // Close implements Engine.
