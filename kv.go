@@ -85,6 +85,10 @@ type Store struct {
 	abrupt atomic.Bool
 }
 
+// boltOptions are the options of every data file; tests change them
+// (export_test.go) to make bbolt remap a small file often.
+var boltOptions storage.BoltOptions
+
 func init() {
 	hooks.Crash = func(store any) error {
 		s, ok := store.(*Store)
@@ -141,7 +145,7 @@ func (s *Store) open() error {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, rebuildMarker)); err == nil {
 			return fmt.Errorf("kv: DataDir %s holds an unfinished Rebuild: run Rebuild again with this Config before Open", cfg.DataDir)
 		}
-		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), storage.BoltOptions{})
+		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), boltOptions)
 		if err != nil {
 			return err
 		}
