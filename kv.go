@@ -81,6 +81,7 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 	keyring   *memberlist.Keyring // nil without Config.GossipKey
+	promise   promises            // this member's bootstrap promise
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt atomic.Bool
 }
@@ -262,10 +263,20 @@ func (s *Store) open() error {
 	if err != nil {
 		return err
 	}
-	s.raft, err = raft.NewRaft(rc, s.fsm, logStore, stableStore, s.snaps, s.trans)
+	if err := s.loadPromise(); err != nil {
+		return err
+	}
+	if !hasState {
+		if err := s.checkNotLostVoter(); err != nil {
+			return err
+		}
+	}
+	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
+	s.raft, err = raft.NewRaft(rc, s.fsm, logStore, stableStore, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
+	s.goFunc(func() { gate.run(s, s.raftStop) })
 
 	s.logger.Info("started", "addr", s.Addr(), "gossip", s.GossipAddr(), "existing_state", hasState, "in_memory", cfg.InMemory)
 
