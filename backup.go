@@ -22,6 +22,14 @@ import (
 // With Stale() it copies this instance's data as it is, without asking the
 // leader: the way to save what a member holds when the cluster has lost its
 // majority and no leader can be elected.
+//
+// A slow or stalled w delays only this call: the copy is read from a file of
+// its own, and reads and writes go on. When ctx ends (or the Store closes)
+// Backup returns its error at once, even while a w.Write is blocked: each
+// Write runs in a goroutine of this call, on a copy of the bytes, one at a
+// time. A Write in progress when Backup gives up may still write to w after
+// Backup has returned; its goroutine ends when that Write returns. w is
+// never written to after that.
 func (s *Store) Backup(ctx context.Context, w io.Writer, opts ...ReadOption) error {
 	if err := s.usable(); err != nil {
 		return err
@@ -36,22 +44,65 @@ func (s *Store) Backup(ctx context.Context, w io.Writer, opts ...ReadOption) err
 		return s.engineErr(err)
 	}
 	defer snap.Release()
-	if err := storage.WriteSnapshot(ctxWriter{ctx, w}, snap.AppliedIndex(), snap); err != nil {
+	aw := &abandonableWriter{ctx: ctx, closed: s.ctx.Done(), w: w}
+	if err := storage.WriteSnapshot(aw, snap.AppliedIndex(), snap); err != nil {
+		if aw.err != nil {
+			return aw.err
+		}
 		return fmt.Errorf("kv: backup: %w", err)
 	}
 	return nil
 }
 
-type ctxWriter struct {
-	ctx context.Context
-	w   io.Writer
+// abandonableWriter writes to w in a goroutine per Write and stops
+// waiting for it when ctx ends or the Store closes: a Write that never
+// returns cannot hold the caller. The bytes are copied first, because the
+// caller's slice may be reused, or be a value in a snapshot's mapping that
+// is gone once the caller returns.
+type abandonableWriter struct {
+	ctx    context.Context
+	closed <-chan struct{}
+	w      io.Writer
+	buf    []byte
+	err    error // set once it gave up: every later Write returns it
 }
 
-func (c ctxWriter) Write(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
+type writeResult struct {
+	n   int
+	err error
+}
+
+func (a *abandonableWriter) Write(p []byte) (int, error) {
+	if a.err != nil {
+		return 0, a.err
+	}
+	if err := a.ctx.Err(); err != nil {
+		a.err = err
 		return 0, err
 	}
-	return c.w.Write(p)
+	a.buf = append(a.buf[:0], p...)
+	buf, w := a.buf, a.w
+	done := make(chan writeResult, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil { // the caller's writer panicked
+				done <- writeResult{err: fmt.Errorf("kv: backup: writer panicked: %v", r)}
+			}
+		}()
+		n, err := w.Write(buf)
+		done <- writeResult{n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-a.ctx.Done():
+		a.err = a.ctx.Err()
+	case <-a.closed:
+		a.err = ErrClosed
+	}
+	// The goroutine still owns buf: never write into it again.
+	a.buf = nil
+	return 0, a.err
 }
 
 // Restore replaces the whole data set of the cluster with a copy written by

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"math/rand/v2"
 	"sort"
 	"time"
 
@@ -11,11 +12,12 @@ import (
 
 // bootstrapLoop runs on an instance without Raft state until the cluster
 // exists. It waits until BootstrapExpect alive members that all expect the
-// same number are in the gossip pool, then bootstraps Raft with exactly the
-// BootstrapExpect of them with the lowest NodeIDs. Every member computes the
-// same set from the same view, and an identical bootstrap on several members
-// is safe in Raft. If any member already holds Raft state, a cluster exists:
-// this instance does not bootstrap and waits for the leader to add it.
+// same number are in the gossip pool; the set of them is proposed by its
+// lowest NodeID, which bootstraps Raft with it once every member of the set
+// has promised it (promise.go): partial gossip views can make members
+// compute different sets, and at most one set gets all its promises. If any
+// member already holds Raft state, a cluster exists: this instance does not
+// bootstrap and waits for the leader to add it.
 func (s *Store) bootstrapLoop() {
 	expect := s.cfg.BootstrapExpect
 	if expect <= 0 {
@@ -25,8 +27,18 @@ func (s *Store) bootstrapLoop() {
 	defer tick.Stop()
 	for {
 		changed := s.gossip.Changed()
-		if done := s.tryBootstrap(expect); done {
+		done, backoff := s.tryBootstrap(expect)
+		if done {
 			return
+		}
+		if backoff > 0 {
+			// Refused: let the views and the other proposers settle.
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
 		}
 		select {
 		case <-s.ctx.Done():
@@ -37,21 +49,30 @@ func (s *Store) bootstrapLoop() {
 	}
 }
 
-func (s *Store) tryBootstrap(expect int) (done bool) {
+// bootstrapView, when set (tests only, see export_test.go), replaces this
+// instance's gossip view in tryBootstrap: the way to give members partial
+// views on demand.
+var bootstrapView func(self string, members []discovery.Member) []discovery.Member
+
+func (s *Store) tryBootstrap(expect int) (done bool, backoff time.Duration) {
 	if _, id := s.raft.LeaderWithID(); id != "" {
-		return true // added to an existing cluster
+		return true, 0 // added to an existing cluster
 	}
 	if idx := s.raft.LastIndex(); idx > 0 {
-		return true // received a log from a leader
+		return true, 0 // received a log from a leader
+	}
+	members := s.gossip.Members()
+	if bootstrapView != nil {
+		members = bootstrapView(s.cfg.NodeID, members)
 	}
 	var cands []discovery.Member
-	for _, m := range s.gossip.Members() {
+	for _, m := range members {
 		if m.Status != discovery.StatusAlive || m.Leaving {
 			continue
 		}
 		if m.Bootstrapped {
 			s.logger.Info("a cluster exists already; waiting to be added by its leader", "member", m.ID)
-			return true
+			return true, 0
 		}
 		if m.Expect != expect {
 			if m.Expect > 0 {
@@ -62,41 +83,54 @@ func (s *Store) tryBootstrap(expect int) (done bool) {
 		cands = append(cands, m)
 	}
 	if len(cands) < expect {
-		return false
+		return false, 0
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].ID < cands[j].ID })
 	if len(cands) > expect {
-		// Members that see different subsets could bootstrap different
-		// clusters: refuse, as Consul does, and wait for one to exist.
+		// Members that see different subsets could propose different
+		// sets: refuse, as Consul does, and wait for one to exist.
 		s.logger.Error("more members expect to bootstrap than BootstrapExpect; not bootstrapping", "seen", len(cands), "expect", expect)
-		return false
+		return false, 0
 	}
 	var conf raft.Configuration
 	self := false
+	ids := make([]string, 0, len(cands))
 	for _, m := range cands {
 		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Addr)})
+		ids = append(ids, m.ID)
 		self = self || m.ID == s.cfg.NodeID
 	}
 	if !self {
-		s.logger.Info("not among the bootstrap set; waiting to be added", "set", conf.Servers)
-		return true
+		s.logger.Info("not among the bootstrap set; waiting to be added", "set", ids)
+		return true, 0
+	}
+	if cands[0].ID != s.cfg.NodeID {
+		// The set's lowest NodeID proposes it; this member answers its
+		// promise request, and gets the log once it leads.
+		s.logger.Debug("waiting for the bootstrap set's proposer", "set", ids, "proposer", cands[0].ID)
+		return false, 0
+	}
+	cluster := clusterIDFor(cands)
+	if err := s.gatherPromises(promise{Proposer: s.cfg.NodeID, IDs: ids, Cluster: cluster}, cands); err != nil {
+		wait := time.Second + time.Duration(rand.Int64N(int64(2*time.Second)))
+		s.logger.Warn("bootstrap set not promised by every member; retrying with a fresh view", "set", ids, "error", err, "retry_in", wait)
+		return false, wait
 	}
 	// The cluster ID is recorded before the Raft state exists, so that an
 	// instance with Raft state always knows its cluster.
-	cluster := clusterIDFor(cands)
 	if err := s.setCluster(cluster); err != nil {
 		s.logger.Error("bootstrap failed", "error", err)
-		return false
+		return false, time.Second
 	}
 	if err := s.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
 		s.logger.Error("bootstrap failed", "error", err)
-		return false
+		return false, time.Second
 	}
 	s.logger.Info("bootstrapped raft", "servers", len(conf.Servers), "cluster", cluster)
 	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}
-	return true
+	return true, 0
 }
 
 // joinLoop keeps this instance in the gossip pool: while it sees no other

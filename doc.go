@@ -89,10 +89,14 @@
 //
 // Each member gossips its NodeID and transport address. With BootstrapExpect
 // N, an instance without Raft state waits until N members that all expect N
-// are in the gossip pool and bootstraps Raft with exactly the N of them with
-// the lowest NodeIDs; every one of them computes the same set, and the same
-// cluster ID. An instance that finds a member with Raft state already never
-// bootstraps: the leader adds it.
+// are in the gossip pool. The lowest NodeID of that set asks each member of
+// it to promise the set, and bootstraps Raft once all N have; a member
+// promises one set only, ever, and until it holds Raft state votes only for
+// members of that set. So two clusters never form, even while gossip shows
+// different members different parts of the pool. An instance that finds a
+// member with Raft state already never bootstraps: the leader adds it. An
+// instance that opens with an empty DataDir under the NodeID of a voter of
+// its cluster is refused (ErrLostState): Rebuild repairs it.
 //
 // The leader keeps the Raft configuration in step with gossip. A member that
 // joins is added as a non-voter and promoted to voter once it has been alive

@@ -37,6 +37,11 @@ var (
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")
+	// ErrLostState is returned by Open when DataDir holds no Raft state but
+	// the cluster it joins counts this NodeID as a voter (its DataDir was
+	// emptied or replaced): it would vote without the log it acknowledged.
+	// Rebuild repairs such a member.
+	ErrLostState = errors.New("kv: voter without its Raft state")
 	// ErrCorrupt is wrapped by errors that report damaged files in DataDir:
 	// a data file record or page, a Raft log record or a snapshot that fails
 	// its checksum or cannot be read. The error names the file. Open returns

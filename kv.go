@@ -83,6 +83,7 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 	keyring   *memberlist.Keyring // nil without Config.GossipKey
+	promise   promises            // this member's bootstrap promise
 	// abrupt makes shutdown behave like a crash (kvtest's Kill).
 	abrupt   atomic.Bool
 	halter   *halter
@@ -99,6 +100,10 @@ type Store struct {
 	restoreHook  func(step string, n int)
 	restoreChunk int
 }
+
+// boltOptions are the options of every data file; tests change them
+// (export_test.go) to make bbolt remap a small file often.
+var boltOptions storage.BoltOptions
 
 func init() {
 	hooks.Crash = func(store any) error {
@@ -155,7 +160,7 @@ func (s *Store) open() error {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, rebuildMarker)); err == nil {
 			return fmt.Errorf("kv: DataDir %s holds an unfinished Rebuild: run Rebuild again with this Config before Open", cfg.DataDir)
 		}
-		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), storage.BoltOptions{})
+		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), boltOptions)
 		if err != nil {
 			return err
 		}
@@ -277,12 +282,22 @@ func (s *Store) open() error {
 	if err != nil {
 		return err
 	}
+	if err := s.loadPromise(); err != nil {
+		return err
+	}
+	if !hasState {
+		if err := s.checkNotLostVoter(); err != nil {
+			return err
+		}
+	}
+	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
 	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt}
 	s.rlog = rs
-	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, s.trans)
+	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
+	s.goFunc(func() { gate.run(s, s.raftStop) })
 	if err := s.halter.halted(); err != nil {
 		return err
 	}

@@ -98,6 +98,14 @@ type Config struct {
 	// 0 with an empty Join means 1 (a single-node cluster); 0 with Join means
 	// this instance only joins an existing cluster. An instance with Raft
 	// state in DataDir never bootstraps again.
+	//
+	// The cluster forms once exactly BootstrapExpect members expecting it
+	// see each other in gossip: the lowest NodeID of the set bootstraps
+	// Raft after every member of the set has promised it, and a member
+	// promises one set only, ever (the promise is kept in DataDir). So two
+	// clusters never form, even while instances see different parts of the
+	// pool; a proposer refused retries with a fresh view. Starting more
+	// instances expecting N than N forms no cluster.
 	BootstrapExpect int
 	// Logger receives the Store's logs, and those of Raft and memberlist.
 	// nil discards them.

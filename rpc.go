@@ -25,6 +25,12 @@ const (
 	methodRemove uint8 = 3
 	// methodStatus: the member replies with its term and applied index.
 	methodStatus uint8 = 4
+	// methodPromise: body is a bootstrap promise request (promise.go); the
+	// member promises the set, durably, or refuses with codeRefused.
+	methodPromise uint8 = 5
+	// methodVoter: body is a NodeID; the member replies with the index of
+	// its Raft configuration and whether the NodeID is a voter in it.
+	methodVoter uint8 = 6
 )
 
 // Error codes of the RPC replies.
@@ -40,6 +46,7 @@ const (
 	codeUnknownCorrupt  uint8 = 7
 	// The leader refused the write for want of disk space: nothing done.
 	codeDiskFull uint8 = 8
+	codeRefused  uint8 = 9 // a bootstrap promise refused
 )
 
 // errNotLeader is the internal, retryable "ask the leader" condition.
@@ -76,6 +83,13 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		return nil, toWire(s.removeMember(ctx, string(body)))
 	case methodStatus:
 		return s.statusReply(), nil
+	case methodPromise:
+		return s.handlePromise(body)
+	case methodVoter:
+		if len(body) == 0 || len(body) > 1024 {
+			return nil, &transport.Error{Code: codeBadRequest, Msg: "bad member ID"}
+		}
+		return s.voterReply(string(body)), nil
 	}
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }

@@ -41,9 +41,12 @@ type BoltOptions struct {
 	// NoSync skips fsync on commit. Only for data that need not survive a
 	// crash.
 	NoSync bool
-	// InitialMmapSize reserves address space for the file so that a long
-	// snapshot read does not block writers while the file grows. 0 means 1 GiB
-	// (address space, not memory).
+	// InitialMmapSize is the address space bbolt maps for the file at
+	// first (address space, not memory); past it, a commit remaps the file,
+	// which waits for every open read transaction. Snapshots read a copy of
+	// the file and no commit starts while one is copied, so a remap waits
+	// only for short reads whatever this is; a larger mapping only remaps
+	// less often. 0 means 1 GiB.
 	InitialMmapSize int
 	// CommitInterval is how long writes may wait in memory before the
 	// background committer writes them to the file (sooner once they hold
@@ -63,10 +66,17 @@ type Bolt struct {
 	path string
 	opts BoltOptions
 
-	// Lock order: wmu, then fmu, then mu.
-	wmu sync.Mutex   // one Update, layer swap or Restore at a time
-	fmu sync.Mutex   // one commit of a layer into the file at a time
-	mu  sync.RWMutex // guards the fields below; readers hold it to capture them and begin a file transaction together
+	// Lock order: wmu, then fmu, then gate, then mu. No lock of the
+	// engine is held across a bbolt Begin or a read of the file: a commit
+	// that grows the file past bbolt's mapping remaps it, the remap waits
+	// for every open read transaction, and every Begin waits for the remap.
+	wmu  sync.Mutex   // one Update, layer swap or Restore at a time
+	fmu  sync.Mutex   // one commit of a layer into the file at a time
+	gate sync.RWMutex // held shared by snapshots while they read the live file, exclusively by a commit
+	mu   sync.RWMutex // guards the fields below, briefly: never across a bbolt call that may wait
+
+	// copying counts snapshots reading the live file (holding gate).
+	copying atomic.Int32
 
 	db       *bolt.DB
 	closed   bool
@@ -118,6 +128,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	// Only once the file's lock is ours: a second process started on the
 	// same DataDir by mistake must not delete a running Restore's file.
 	_ = fsRemove(path + ".restore")
+	removeSnapCopies(path)
 	e.db = db
 	if err := e.loadApplied(); err != nil {
 		db.Close()
@@ -182,24 +193,33 @@ func initDataFile(tx *bolt.Tx) error {
 	return nil
 }
 
+// loadApplied sets the applied and durable indexes from what the file
+// records.
 func (e *Bolt) loadApplied() error {
-	return e.guard(func() error { return e.loadAppliedTx() })
+	idx, err := e.readApplied(e.db)
+	if err == nil {
+		e.applied.Store(idx)
+		e.durable.Store(idx)
+	}
+	return err
 }
 
-func (e *Bolt) loadAppliedTx() error {
-	return e.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMeta).Get(keyApplied)
-		switch len(v) {
-		case 0:
-			e.applied.Store(0)
-		case 8:
-			e.applied.Store(binary.BigEndian.Uint64(v))
-		default:
-			return fmt.Errorf("%w %s: applied index of %d bytes", ErrCorruptData, e.path, len(v))
-		}
-		e.durable.Store(e.applied.Load())
-		return nil
+// readApplied returns the applied index db records.
+func (e *Bolt) readApplied(db *bolt.DB) (idx uint64, err error) {
+	err = e.guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			v := tx.Bucket(bucketMeta).Get(keyApplied)
+			switch len(v) {
+			case 0:
+			case 8:
+				idx = binary.BigEndian.Uint64(v)
+			default:
+				return fmt.Errorf("%w %s: applied index of %d bytes", ErrCorruptData, e.path, len(v))
+			}
+			return nil
+		})
 	})
+	return idx, err
 }
 
 // Path returns the data file's path.
@@ -213,24 +233,35 @@ func (e *Bolt) AppliedIndex() uint64 { return e.applied.Load() }
 func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	if e.pendingBytes() >= maxPendingBytes {
+	if e.pendingBytes() >= maxPendingBytes && e.copying.Load() == 0 {
 		// The committer cannot keep up, or the file cannot be written:
-		// commit here, and fail while that fails.
+		// commit here, and fail while that fails. Not while a snapshot
+		// copies the file: the commit would wait for the copy, and the
+		// layer may grow for that long instead.
 		if err := e.flushAll(); err != nil {
 			return err
 		}
 	}
 	// The writes collect in buf and join the pending layer only if fn
-	// succeeds. Only Update changes the pending layer, and we hold wmu, so
-	// reading it here needs no lock.
+	// succeeds. Only Update changes the pending layer, and no layer is
+	// swapped while we hold wmu; the layer being committed may go, but
+	// then the file holds the same writes. A file transaction is begun
+	// only if fn reads a key that neither the layers nor the cache know.
+	e.mu.RLock()
+	if err := e.usable(); err != nil {
+		e.mu.RUnlock()
+		return err
+	}
+	p, f, db, gen := e.pending, e.flushing, e.db, e.gen.Load()
+	e.mu.RUnlock()
 	buf := &writeBuf{m: map[string]layerItem{}}
-	var p *layer
-	err := e.viewWith(false, func(pl, f *layer, file boltTx, gen uint64) error {
-		p = pl
+	file := e.lazyTx(db)
+	defer file.lazy.rollback()
+	err := e.guard(func() error {
 		tx := writeLayerTx{layeredTx: layeredTx{top: p, mid: f, file: file, cache: e.cache, gen: gen, cur: &e.gen}, buf: buf}
 		err := fn(tx)
 		if *file.err != nil {
-			return *file.err // a damaged record was read: keep nothing
+			return *file.err // a damaged record, or the file could not be read: keep nothing
 		}
 		return err
 	})
@@ -287,9 +318,13 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 	})
 }
 
-// view captures the layers and begins a read transaction of the file
-// together (a commit that lands in between cannot be seen twice or
-// missed: dropping a committed layer takes mu), then runs fn on them.
+// view begins a read transaction of the file, then captures the layers,
+// and runs fn on them: one point in time. No lock is held across Begin
+// (which waits while bbolt remaps the file). The file the transaction
+// reads must be the one the layers sit on: if a commit dropped a layer,
+// or Restore replaced the file, between the two (the generation tells),
+// it starts over. A commit that lands without dropping its layer yet is
+// harmless: the layer holds the same writes as the file.
 //
 // gen is the cache generation the file transaction belongs to.
 //
@@ -297,32 +332,44 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 // clone of it (O(1); the next Update copies the nodes it changes), so that
 // it reads one point in time.
 func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
-	return e.viewWith(true, fn)
-}
-
-// viewWith is view; without clone, p is the live pending layer (for Update,
-// the only one that changes it).
-func (e *Bolt) viewWith(clone bool, fn func(p, f *layer, file boltTx, gen uint64) error) error {
-	e.mu.Lock() // Clone writes to the tree's header
-	if err := e.usable(); err != nil {
-		e.mu.Unlock()
-		return err
-	}
-	p, f, db, gen := e.pending, e.flushing, e.db, e.gen.Load()
-	if clone {
+	for {
+		e.mu.RLock()
+		uerr, db := e.usable(), e.db
+		e.mu.RUnlock()
+		if uerr != nil {
+			return uerr
+		}
+		gen := e.gen.Load() // before Begin: see readCache.put
+		tx, err := db.Begin(false)
+		e.mu.Lock() // Clone writes to the tree's header
+		if uerr := e.usable(); uerr != nil {
+			e.mu.Unlock()
+			if err == nil {
+				tx.Rollback()
+			}
+			return uerr
+		}
+		if e.db != db || e.gen.Load() != gen {
+			e.mu.Unlock()
+			if err == nil {
+				tx.Rollback()
+			}
+			continue
+		}
+		if err != nil {
+			e.mu.Unlock()
+			return fmt.Errorf("storage: read %s: %w", e.path, err)
+		}
+		p, f := e.pending, e.flushing
 		if p.empty() {
 			p = nil // not the live layer: Update fills it in place
 		} else {
 			p = &layer{t: p.t.Clone(), index: p.index}
 		}
+		e.mu.Unlock()
+		defer tx.Rollback()
+		return e.guard(func() error { return fn(p, f, e.tx(tx), gen) })
 	}
-	tx, err := db.Begin(false)
-	e.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("storage: read %s: %w", e.path, err)
-	}
-	defer tx.Rollback()
-	return e.guard(func() error { return fn(p, f, e.tx(tx), gen) })
 }
 
 // Lookup implements PointReader. It looks in the layers, then in a cache of
@@ -418,6 +465,10 @@ func (e *Bolt) commitFlushing() error {
 	if f == nil || closed {
 		return nil
 	}
+	// Not while a snapshot reads the live file: a commit that grows the
+	// file remaps it, and the remap, and every Begin after it, would wait
+	// for the snapshot's transaction.
+	e.gate.Lock()
 	err := e.guard(func() error {
 		return db.Update(func(tx *bolt.Tx) error {
 			file := e.tx(tx)
@@ -438,6 +489,7 @@ func (e *Bolt) commitFlushing() error {
 			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
 		})
 	})
+	e.gate.Unlock()
 	if err == nil {
 		// Before the layer goes: until then readers take these keys from
 		// it, and from then on the cache must answer for them with what
@@ -453,7 +505,7 @@ func (e *Bolt) commitFlushing() error {
 	defer e.mu.Unlock()
 	if err != nil {
 		if !errors.Is(err, ErrCorrupt) {
-			err = fmt.Errorf("storage: write %s: %w", e.path, err)
+			err = diskFull(fmt.Errorf("storage: write %s: %w", e.path, err))
 		}
 		e.flushErr = err
 		return err
@@ -498,38 +550,89 @@ func (e *Bolt) guard(fn func() error) error {
 	return guard(e.path, "data file", fn)
 }
 
-// Snapshot implements Engine. It commits every layer first, then the view
-// is a bbolt read transaction of the file.
+// Snapshot implements Engine. It commits every layer first, then begins a
+// read transaction of the file. That transaction is copied into a file of
+// the snapshot's own (next to the data file, removed by Release) when the
+// snapshot is first read, and then let go: reads of the snapshot use the
+// copy. A consumer of the snapshot that stalls (a slow network, a Backup
+// writer that never returns) thus holds only the copy. Without the copy its
+// transaction would keep bbolt from remapping the growing file, and the
+// commit waiting for the remap would make every Begin wait too.
+//
+// While the live file is being copied (at disk speed) no commit starts,
+// so that no remap waits for the copy; readers and Update go on.
 func (e *Bolt) Snapshot() (Snapshot, error) {
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
-	if err := e.flushAll(); err != nil {
+	if err := e.commitThrough(e.applied.Load()); err != nil {
 		return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
 	}
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
-	tx, err := e.db.Begin(false)
-	if err != nil {
-		return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
-	}
-	var idx uint64
-	err = e.guard(func() error {
-		if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) == 8 {
-			idx = binary.BigEndian.Uint64(v)
+	e.gate.RLock()
+	e.copying.Add(1)
+	for {
+		e.mu.RLock()
+		uerr, db := e.usable(), e.db
+		e.mu.RUnlock()
+		if uerr != nil {
+			e.copying.Add(-1)
+			e.gate.RUnlock()
+			return nil, uerr
 		}
-		return nil
-	})
-	if err != nil {
-		tx.Rollback()
-		return nil, err
+		tx, err := db.Begin(false)
+		e.mu.RLock()
+		same := e.db == db
+		e.mu.RUnlock()
+		if !same { // Restore replaced the file
+			if err == nil {
+				tx.Rollback()
+			}
+			continue
+		}
+		if err != nil {
+			e.copying.Add(-1)
+			e.gate.RUnlock()
+			return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
+		}
+		var idx uint64
+		err = e.guard(func() error {
+			if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) == 8 {
+				idx = binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
+		if err != nil {
+			tx.Rollback()
+			e.copying.Add(-1)
+			e.gate.RUnlock()
+			return nil, err
+		}
+		e.smu.Lock()
+		e.snaps[db]++
+		e.smu.Unlock()
+		return &boltSnap{e: e, live: tx, index: idx}, nil
 	}
-	e.smu.Lock()
-	e.snaps[e.db]++
-	e.smu.Unlock()
-	return &boltSnap{boltTx: e.tx(tx), tx: tx, index: idx, e: e}, nil
+}
+
+// commitThrough commits layers until the file records index idx (or the
+// applied index, if a Restore set it lower). It holds wmu only to swap
+// layers, so that Update goes on while the commits are written.
+func (e *Bolt) commitThrough(idx uint64) error {
+	for e.durable.Load() < min(idx, e.applied.Load()) {
+		e.wmu.Lock()
+		e.swap()
+		e.wmu.Unlock()
+		e.fmu.Lock()
+		e.mu.RLock()
+		uerr := e.usable()
+		e.mu.RUnlock()
+		err := e.commitFlushing()
+		e.fmu.Unlock()
+		if uerr != nil {
+			return uerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // release ends a snapshot's transaction on db and, when it was the last
@@ -765,23 +868,23 @@ func (e *Bolt) swapIn(tmp string) error {
 	defer e.wmu.Unlock()
 	e.fmu.Lock()
 	defer e.fmu.Unlock()
-	e.mu.Lock()
-	if err := e.usable(); err != nil {
-		e.mu.Unlock()
+	e.mu.RLock()
+	err := e.usable() // Close takes wmu first: it cannot change now
+	e.mu.RUnlock()
+	if err != nil {
 		fsRemove(tmp)
 		return err
 	}
 	if err := fsRename(tmp, e.path); err != nil {
-		e.mu.Unlock()
 		fsRemove(tmp)
 		return fmt.Errorf("storage: restore %s: %w", e.path, err)
 	}
 	// From here the old file is unlinked: the engine is on the new file or
-	// refuses to go on.
+	// refuses to go on. Readers go on with the old file until the switch:
+	// mu is held only for it.
 	if afterRename != nil {
 		afterRename(e.path)
 	}
-	var err error
 	if !e.opts.NoSync {
 		if err = fsSyncDir(filepath.Dir(e.path)); err != nil {
 			err = fmt.Errorf("sync dir: %w", err)
@@ -791,6 +894,13 @@ func (e *Bolt) swapIn(tmp string) error {
 	if err == nil {
 		db, err = e.open(e.path)
 	}
+	var applied uint64
+	if err == nil {
+		if applied, err = e.readApplied(db); err != nil {
+			db.Close()
+		}
+	}
+	e.mu.Lock()
 	if err != nil {
 		e.broken = diskFull(fmt.Errorf("storage: restore %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", e.path, err))
 		e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
@@ -805,15 +915,13 @@ func (e *Bolt) swapIn(tmp string) error {
 	e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
 	e.gen.Add(1)
 	e.cache.clear()
-	if err = e.loadApplied(); err != nil {
-		e.broken = fmt.Errorf("storage: restore %s: the new data file cannot be read (reopen the member): %w", e.path, err)
-		err = e.broken
-	}
+	e.applied.Store(applied)
+	e.durable.Store(applied)
 	e.mu.Unlock()
-	if cerr := e.retire(old); cerr != nil && err == nil {
-		err = fmt.Errorf("storage: restore: close old %s: %w", e.path, cerr)
+	if cerr := e.retire(old); cerr != nil {
+		return fmt.Errorf("storage: restore: close old %s: %w", e.path, cerr)
 	}
-	return err
+	return nil
 }
 
 // afterRename, when set (by tests), runs in Install right after the rename.
@@ -873,8 +981,47 @@ func syncDir(dir string) error {
 // record read through it; View and Update return it, whatever fn returned.
 type boltTx struct {
 	b    *bolt.Bucket
+	lazy *lazyTx // when b is nil: the transaction reads begin on demand
 	path string
 	err  *error
+}
+
+// lazyTx is a read transaction begun at the first read that needs it (an
+// Update whose reads the layers and the cache answer never begins one).
+type lazyTx struct {
+	db *bolt.DB
+	tx *bolt.Tx
+	b  *bolt.Bucket
+}
+
+// lazyTx returns a boltTx of db that begins its transaction on demand;
+// the caller ends it with lazy.rollback.
+func (e *Bolt) lazyTx(db *bolt.DB) boltTx {
+	return boltTx{lazy: &lazyTx{db: db}, path: e.path, err: new(error)}
+}
+
+func (l *lazyTx) rollback() {
+	if l != nil && l.tx != nil {
+		l.tx.Rollback()
+		l.tx, l.b = nil, nil
+	}
+}
+
+// bucket returns the data bucket, beginning the transaction if it is
+// lazy and not begun yet; nil (with the error recorded) if that fails.
+func (t boltTx) bucket() *bolt.Bucket {
+	if t.b != nil || t.lazy == nil {
+		return t.b
+	}
+	if t.lazy.b == nil && *t.err == nil {
+		tx, err := t.lazy.db.Begin(false)
+		if err != nil {
+			t.fail(fmt.Errorf("storage: read %s: %w", t.path, err))
+			return nil
+		}
+		t.lazy.tx, t.lazy.b = tx, tx.Bucket(bucketData)
+	}
+	return t.lazy.b
 }
 
 // check strips and verifies the checksum of a stored value.
@@ -897,7 +1044,11 @@ func (t boltTx) fail(err error) {
 }
 
 func (t boltTx) Get(key []byte) ([]byte, bool) {
-	stored := t.b.Get(key)
+	b := t.bucket()
+	if b == nil {
+		return nil, false
+	}
+	stored := b.Get(key)
 	if stored == nil {
 		return nil, false
 	}
@@ -910,8 +1061,12 @@ func (t boltTx) Get(key []byte) ([]byte, bool) {
 }
 
 func (t boltTx) Scan(from []byte, fn func(k, v []byte) bool) error {
+	b := t.bucket()
+	if b == nil {
+		return *t.err
+	}
 	return guard(t.path, "data file", func() error {
-		c := t.b.Cursor()
+		c := b.Cursor()
 		var k, stored []byte
 		if from == nil {
 			k, stored = c.First()
@@ -951,16 +1106,132 @@ func clip(key []byte) []byte {
 
 func (t boltTx) Delete(key []byte) error { return t.b.Delete(key) }
 
+// snapCopyInfix names the copies snapshots read: the data file's name,
+// this, and a random suffix. OpenBolt removes the ones a crash left.
+const snapCopyInfix = ".snap-"
+
+// removeSnapCopies removes the snapshot copies of the data file at path.
+func removeSnapCopies(path string) {
+	names, _ := filepath.Glob(path + snapCopyInfix + "*")
+	for _, n := range names {
+		_ = os.Remove(n)
+	}
+}
+
+// boltSnap is a snapshot of a Bolt: a read transaction of the live file
+// until the first read, then a read-only copy of the file as that
+// transaction saw it. Safe for concurrent use; Release must not be called
+// while a read is in progress.
 type boltSnap struct {
-	boltTx
-	tx    *bolt.Tx
-	index uint64
 	e     *Bolt
-	once  sync.Once
+	index uint64
+
+	mu       sync.Mutex
+	live     *bolt.Tx // of the live file, until copied; holds e.gate shared
+	tmp      string   // the copy's path
+	db       *bolt.DB // the copy
+	tx       *bolt.Tx // of the copy
+	file     boltTx
+	err      error // the copy failed
+	released bool
 }
 
 func (s *boltSnap) AppliedIndex() uint64 { return s.index }
-func (s *boltSnap) Release()             { s.once.Do(func() { s.e.release(s.tx.DB(), s.tx) }) }
+
+// load returns the transaction of the copy, copying the live transaction
+// on the first call.
+func (s *boltSnap) load() (boltTx, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.released {
+		return boltTx{}, ErrClosed
+	}
+	if s.live != nil {
+		s.err = s.copyLive()
+		s.dropLive()
+	}
+	return s.file, s.err
+}
+
+// copyLive writes the live transaction into a new file and opens it
+// read-only. The caller holds s.mu.
+func (s *boltSnap) copyLive() error {
+	path := s.e.path
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+snapCopyInfix+"*")
+	if err != nil {
+		return fmt.Errorf("storage: snapshot %s: %w", path, diskFull(err))
+	}
+	s.tmp = f.Name()
+	err = guard(path, "data file", func() error {
+		_, err := s.live.WriteTo(f)
+		return err
+	})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		return fmt.Errorf("storage: snapshot %s: copy to %s: %w", path, s.tmp, diskFull(err))
+	}
+	db, err := bolt.Open(s.tmp, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("storage: snapshot %s: open copy %s: %w", path, s.tmp, err)
+	}
+	tx, err := db.Begin(false)
+	if err != nil {
+		db.Close()
+		return fmt.Errorf("storage: snapshot %s: read copy %s: %w", path, s.tmp, err)
+	}
+	b := tx.Bucket(bucketData)
+	if b == nil {
+		tx.Rollback()
+		db.Close()
+		return fmt.Errorf("%w %s: snapshot copy without data bucket", ErrCorruptData, path)
+	}
+	s.db, s.tx, s.file = db, tx, boltTx{b: b, path: path, err: new(error)}
+	return nil
+}
+
+// dropLive ends the live transaction, and lets commits go on. The caller
+// holds s.mu.
+func (s *boltSnap) dropLive() {
+	if s.live == nil {
+		return
+	}
+	s.e.release(s.live.DB(), s.live)
+	s.live = nil
+	s.e.copying.Add(-1)
+	s.e.gate.RUnlock()
+}
+
+func (s *boltSnap) Get(key []byte) ([]byte, bool) {
+	f, err := s.load()
+	if err != nil {
+		return nil, false
+	}
+	return f.Get(key)
+}
+
+func (s *boltSnap) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.released {
+		return
+	}
+	s.released = true
+	s.dropLive()
+	if s.tx != nil {
+		s.tx.Rollback()
+	}
+	if s.db != nil {
+		s.db.Close()
+	}
+	if s.tmp != "" {
+		os.Remove(s.tmp)
+	}
+}
 
 // releaseEvery is how many bytes a long read goes through a bbolt mapping
 // between two calls of releaseMapped.
@@ -972,14 +1243,18 @@ const releaseEvery = 16 << 20
 // would otherwise stay counted in the process's RSS. The snapshot's open
 // transaction keeps the mapping in place.
 func (s *boltSnap) Scan(from []byte, fn func(k, v []byte) bool) error {
-	addr := s.tx.DB().Info().Data
-	defer func() { _ = releaseMapped(s.path, addr) }()
+	f, err := s.load()
+	if err != nil {
+		return err
+	}
+	addr := s.db.Info().Data
+	defer func() { _ = releaseMapped(s.tmp, addr) }()
 	read := 0
-	return s.boltTx.Scan(from, func(k, v []byte) bool {
+	return f.Scan(from, func(k, v []byte) bool {
 		more := fn(k, v)
 		if read += len(k) + len(v); read >= releaseEvery {
 			read = 0
-			_ = releaseMapped(s.path, addr)
+			_ = releaseMapped(s.tmp, addr)
 		}
 		return more
 	})
