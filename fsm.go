@@ -293,7 +293,7 @@ func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 				f.logger.Error(what+" waits for disk space; writes are refused meanwhile", "index", index, "error", err)
 				f.notify()
 			}
-		case time.Since(start) >= applyRetryLimit:
+		case time.Since(start) >= applyRetryLimit || f.engineBroken():
 			f.halt(fmt.Errorf("%s at index %d failed for %v: %w", what, index, applyRetryLimit, err))
 			f.abandoned.Store(true)
 		default:
@@ -375,10 +375,25 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	f.rs.drop("a Raft snapshot is installed")
 	if err := f.eng.Restore(rc); err != nil {
-		return fmt.Errorf("kv: restore snapshot: %w", err)
+		err = fmt.Errorf("kv: restore snapshot: %w", err)
+		if f.engineBroken() {
+			// The install failed past the point of no return (the new
+			// file is in place, the engine cannot use it): raft would go
+			// on with a state machine that applies nothing.
+			f.halt(err)
+			f.abandoned.Store(true)
+		}
+		return err
 	}
 	f.notify()
 	return nil
+}
+
+// engineBroken says whether the engine refuses every call (a failed
+// install left it without a usable file).
+func (f *fsm) engineBroken() bool {
+	err := f.eng.View(func(storage.ReadTx) error { return nil })
+	return err != nil && !errors.Is(err, storage.ErrClosed)
 }
 
 type fsmSnapshot struct{ s storage.Snapshot }

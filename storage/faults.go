@@ -6,10 +6,39 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/cohortkv/kv/internal/faultinject"
 )
+
+func init() {
+	faultinject.Install = func(f faultinject.Fault) func() bool {
+		op := numFaultOps
+		for i, name := range faultOpNames {
+			if name == f.Op {
+				op = faultOp(i)
+			}
+		}
+		if op == numFaultOps {
+			panic("faultinject: unknown operation " + f.Op)
+		}
+		fs := newFaultSet(op, f.N, f.Err)
+		fs.sticky = f.Sticky
+		if f.PathPrefix != "" {
+			fs.prefix = filepath.Clean(f.PathPrefix)
+		}
+		faults.Store(fs)
+		return func() bool {
+			faults.CompareAndSwap(fs, nil)
+			fs.mu.Lock()
+			defer fs.mu.Unlock()
+			return fs.fired
+		}
+	}
+}
 
 // The fault seam: the package's own file operations (the log tail, the
 // state file, renames and removals of the data file's restore, directory
@@ -56,9 +85,10 @@ type faultSet struct {
 	mu      sync.Mutex
 	counts  [numFaultOps]int
 	op      faultOp
-	n       int   // fail the nth operation of op (1-based); 0: none
-	err     error // what it fails with; nil: a power loss
-	sticky  bool  // fail every operation of op from the nth on, not only the nth
+	n       int    // fail the nth operation of op (1-based); 0: none
+	err     error  // what it fails with; nil: a power loss
+	sticky  bool   // fail every operation of op from the nth on, not only the nth
+	prefix  string // only files under it count and fail; "" for all
 	fired   bool
 	crashed bool
 	files   map[string]*shadowFile
@@ -88,6 +118,9 @@ var errPowerLost = syscall.EIO
 // enter counts an operation on path and says whether it fails: the error
 // to return, or nil. The caller holds fs.mu.
 func (fs *faultSet) enter(op faultOp, path string) error {
+	if fs.prefix != "" && !strings.HasPrefix(filepath.Clean(path), fs.prefix) {
+		return nil
+	}
 	if fs.crashed {
 		return &os.PathError{Op: op.String(), Path: path, Err: errPowerLost}
 	}
@@ -143,6 +176,9 @@ func (fs *faultSet) synced(f *os.File) {
 func (fs *faultSet) powerLoss() {
 	fs.crashed = true
 	for path, sh := range fs.files {
+		if fs.prefix != "" && !strings.HasPrefix(filepath.Clean(path), fs.prefix) {
+			continue
+		}
 		if len(sh.dirty) == 0 && !sh.resized && !sh.lost {
 			continue
 		}
