@@ -63,9 +63,10 @@
 // A write that returned nil is committed on a majority of voters: every one
 // of them has it in its Raft log on disk (fsync'd), so it survives any
 // minority of crashes, kill -9 included. Each instance keeps three things in
-// DataDir: raft.db (the Raft log and term, checksummed records in bbolt;
-// new entries are appended to raft.db.tail with one fdatasync per batch and
-// moved into raft.db every 8 MiB), data.db (the key-value data in bbolt,
+// DataDir: raft.db (the Raft log, checksummed records in bbolt; new
+// entries are appended to raft.db.tail with one fdatasync per batch and
+// moved into raft.db every 8 MiB), raft.db.state (Raft's term and vote, in
+// a preallocated file that a full disk cannot stop), data.db (the key-value data in bbolt,
 // with the index it reflects stored in the same transactions, written in the
 // background once a second: after a crash the entries since are applied
 // again from the log) and snapshots/ (Raft snapshots, which compact the
@@ -84,6 +85,15 @@
 // others: it moves the files aside, has the leader drop the member from the
 // configuration, and the next Open rejoins it empty, to be caught up and
 // promoted like a new member.
+//
+// A member that cannot go on halts: a damaged record its state machine must
+// apply, a log entry it cannot read, a term it cannot save, or a disk that
+// keeps failing. It cuts itself off Raft at once (it neither leads nor
+// votes; the others elect a leader and go on), applies nothing more, and
+// every call on it fails with an error wrapping ErrCorrupt (or ErrDiskFull);
+// Stats().Halted says why. A full disk alone halts nothing: writes are
+// refused with ErrDiskFull, reads of what is stored go on, and writes resume
+// once space is freed.
 //
 // # Membership
 //

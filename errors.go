@@ -61,3 +61,11 @@ var (
 	// ErrInvalidConfig is wrapped by Open's errors for a Config it cannot use.
 	ErrInvalidConfig = errors.New("kv: invalid config")
 )
+
+// ErrDiskFull is wrapped by the errors of calls refused because a file
+// system of this member has no space left: writes while the Raft log or
+// the data file cannot grow (nothing was written), and every call on a
+// member that halted for it. Reads of what is stored keep working while
+// the member can still apply. Writes resume on their own once space is
+// freed.
+var ErrDiskFull = storage.ErrDiskFull

@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/cohortkv/kv/internal/logging"
-	"github.com/cohortkv/kv/storage"
 )
 
 // A member that cannot go on (its state machine cannot apply a committed
@@ -84,11 +83,3 @@ func (s *Store) usable() error {
 func (s *Store) haltedWrite() error {
 	return fmt.Errorf("%w (%w)", s.halter.halted(), ErrOutcomeUnknown)
 }
-
-// ErrDiskFull is wrapped by the errors of calls refused because a file
-// system of this member has no space left: writes while the Raft log or
-// the data file cannot grow (nothing was written), and every call on a
-// member that halted for it. Reads of what is stored keep working while
-// the member can still apply. Writes resume on their own once space is
-// freed.
-var ErrDiskFull = storage.ErrDiskFull
