@@ -245,8 +245,14 @@ func fail(w http.ResponseWriter, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge):
 		status = http.StatusBadRequest
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, kv.ErrLeadershipLost):
-		// ErrLeadershipLost: the write may or may not have happened.
+	case errors.Is(err, kv.ErrCorrupt):
+		// This instance halted (or a record it holds is damaged): ask
+		// another one.
+		status = http.StatusServiceUnavailable
+	case errors.Is(err, kv.ErrDiskFull):
+		status = http.StatusInsufficientStorage
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, kv.ErrOutcomeUnknown):
+		// ErrOutcomeUnknown: the write may or may not have happened.
 		status = http.StatusGatewayTimeout
 	case errors.Is(err, kv.ErrNoLeader), errors.Is(err, kv.ErrClosed):
 		status = http.StatusServiceUnavailable
@@ -403,6 +409,8 @@ const healthMaxLag = 256
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
 	st := a.store.Stats()
 	switch {
+	case st.Halted != "":
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": st.Halted})
 	case st.Leader == "":
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": "no leader known"})
 	case st.AppliedIndex+healthMaxLag < st.CommitIndex:
