@@ -285,7 +285,7 @@ func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 		switch {
 		case errors.Is(err, storage.ErrClosed):
 			f.abandoned.Store(true)
-		case errors.Is(err, storage.ErrCorrupt):
+		case errors.Is(err, storage.ErrCorrupt) || f.engineBroken():
 			f.halt(fmt.Errorf("%s at index %d: %w", what, index, err))
 			f.abandoned.Store(true)
 		case errors.Is(err, storage.ErrDiskFull):
@@ -293,7 +293,7 @@ func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 				f.logger.Error(what+" waits for disk space; writes are refused meanwhile", "index", index, "error", err)
 				f.notify()
 			}
-		case time.Since(start) >= applyRetryLimit || f.engineBroken():
+		case time.Since(start) >= applyRetryLimit:
 			f.halt(fmt.Errorf("%s at index %d failed for %v: %w", what, index, applyRetryLimit, err))
 			f.abandoned.Store(true)
 		default:

@@ -291,8 +291,8 @@ func (s *Store) open() error {
 		}
 	}
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
-	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt}
-	s.rlog = rs
+	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }}
+	s.rlog = logStore
 	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)

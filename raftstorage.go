@@ -32,11 +32,17 @@ import (
 //   - a failed append that is not for lack of space halts the member once
 //     appends have failed for failLimit with none succeeding: a disk that
 //     only returns errors must not leave a member that stays in the
-//     configuration and answers nothing.
+//     configuration and answers nothing;
+//   - once halted, nothing is written any more (the term write reports
+//     success, as above): the files keep what the member acknowledged.
 type raftStorage struct {
 	logs   raft.LogStore
 	stable raft.StableStore
 	halt   func(error)
+	// halted says whether the member halted: from then on nothing is
+	// written, so that its files keep what it acknowledged (raft, cut off,
+	// may still try to truncate its log after a read that failed).
+	halted func() bool
 
 	mu        sync.Mutex
 	failSince time.Time // first append failure since the last success
@@ -67,6 +73,9 @@ func (r *raftStorage) GetLog(index uint64, l *raft.Log) error {
 func (r *raftStorage) StoreLog(l *raft.Log) error { return r.StoreLogs([]*raft.Log{l}) }
 
 func (r *raftStorage) StoreLogs(logs []*raft.Log) error {
+	if r.isHalted() {
+		return errHaltedStorage
+	}
 	for _, l := range logs {
 		if err := checkEntry(l); err != nil {
 			return err
@@ -95,6 +104,9 @@ func (r *raftStorage) StoreLogs(logs []*raft.Log) error {
 }
 
 func (r *raftStorage) DeleteRange(min, max uint64) error {
+	if r.isHalted() {
+		return errHaltedStorage
+	}
 	err := r.logs.DeleteRange(min, max)
 	if errors.Is(err, storage.ErrCorrupt) {
 		r.halt(fmt.Errorf("delete Raft log entries %d..%d: %w", min, max, err))
@@ -103,6 +115,9 @@ func (r *raftStorage) DeleteRange(min, max uint64) error {
 }
 
 func (r *raftStorage) Set(key, val []byte) error {
+	if r.isHalted() {
+		return errHaltedStorage
+	}
 	err := r.stable.Set(key, val)
 	if err != nil {
 		r.halt(fmt.Errorf("save Raft state %q: %w", key, err))
@@ -111,6 +126,12 @@ func (r *raftStorage) Set(key, val []byte) error {
 }
 
 func (r *raftStorage) SetUint64(key []byte, val uint64) error {
+	if r.isHalted() {
+		if bytes.Equal(key, keyCurrentTerm) {
+			return nil // raft panics on an error here
+		}
+		return errHaltedStorage
+	}
 	err := r.stable.SetUint64(key, val)
 	if err != nil {
 		r.halt(fmt.Errorf("save Raft state %q: %w", key, err))
@@ -124,7 +145,14 @@ func (r *raftStorage) SetUint64(key []byte, val uint64) error {
 func (r *raftStorage) Get(key []byte) ([]byte, error)       { return r.stable.Get(key) }
 func (r *raftStorage) GetUint64(key []byte) (uint64, error) { return r.stable.GetUint64(key) }
 
-var knownLogTypes = []raft.LogType{raft.LogCommand, raft.LogNoop, raft.LogAddPeerDeprecated, raft.LogRemovePeerDeprecated, raft.LogBarrier, raft.LogConfiguration}
+// errHaltedStorage is what raft gets for a write after the member halted.
+var errHaltedStorage = errors.New("kv: member halted: its Raft storage takes no more writes")
+
+func (r *raftStorage) isHalted() bool { return r.halted != nil && r.halted() }
+
+// knownLogTypes are the entries raft can apply in this cluster (protocol
+// version 3: the deprecated peer changes are never written).
+var knownLogTypes = []raft.LogType{raft.LogCommand, raft.LogNoop, raft.LogBarrier, raft.LogConfiguration}
 
 func knownType(t raft.LogType) bool {
 	for _, k := range knownLogTypes {

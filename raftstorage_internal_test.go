@@ -116,3 +116,37 @@ func TestRaftStorage_RefusesEntriesRaftCannotApply(t *testing.T) {
 		t.Fatalf("refusing a peer's bad entries halted the member: %v", *halts)
 	}
 }
+
+// Once the member halted, raft can no longer change its files: a read that
+// failed (and read as a no-op) must not lead raft to truncate entries the
+// member acknowledged.
+func TestRaftStorage_HaltedWritesNothing(t *testing.T) {
+	rs, f, _ := newFaultyRaftStorage()
+	for i := uint64(1); i <= 3; i++ {
+		if err := rs.StoreLogs([]*raft.Log{{Index: i, Term: 1, Type: raft.LogCommand}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rs.SetUint64(keyCurrentTerm, 1); err != nil {
+		t.Fatal(err)
+	}
+	rs.halted = func() bool { return true }
+	if err := rs.DeleteRange(2, 3); err == nil {
+		t.Fatal("DeleteRange on a halted member succeeded")
+	}
+	if err := rs.StoreLogs([]*raft.Log{{Index: 4, Term: 2, Type: raft.LogCommand}}); err == nil {
+		t.Fatal("StoreLogs on a halted member succeeded")
+	}
+	if err := rs.SetUint64(keyCurrentTerm, 9); err != nil {
+		t.Fatalf("term write on a halted member: %v (raft panics on an error)", err)
+	}
+	if err := rs.Set([]byte("LastVoteCand"), []byte("x")); err == nil {
+		t.Fatal("vote write on a halted member succeeded")
+	}
+	if last, _ := f.LastIndex(); last != 3 {
+		t.Fatalf("last index %d after the halt, want 3", last)
+	}
+	if term, _ := f.GetUint64(keyCurrentTerm); term != 1 {
+		t.Fatalf("term %d after the halt, want 1", term)
+	}
+}

@@ -139,7 +139,12 @@ func (s *Store) linearize(ctx context.Context) error {
 		}
 		idx, err := s.readIndex(ctx)
 		if err == nil {
-			return s.waitApplied(ctx, idx)
+			if err := s.waitApplied(ctx, idx); err != nil {
+				return err
+			}
+			// A member that halted meanwhile may not have applied what
+			// it was waiting for.
+			return s.halter.halted()
 		}
 		if errors.Is(err, ErrClosed) && s.isClosed() {
 			return ErrClosed

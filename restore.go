@@ -383,11 +383,10 @@ func (r *restorer) commit(index uint64, id restoreID) error {
 	}
 	lost := func(err error) error {
 		// The staged copy is unusable: this member lacks what the others
-		// install. It reports damage unless the disk filled up.
-		if errors.Is(err, storage.ErrCorrupt) || errors.Is(err, storage.ErrDiskFull) {
-			return fmt.Errorf("kv: restore %s committed at index %d: %w", id, index, err)
-		}
-		return fmt.Errorf("%w: restore %s committed at index %d: %w", storage.ErrCorrupt, id, index, err)
+		// install, and waiting does not bring back chunks already
+		// applied. It cannot go on (a restart with space builds the copy
+		// again from a complete staging).
+		return fmt.Errorf("%w: restore %s committed at index %d, and this member cannot install it: %v", storage.ErrCorrupt, id, index, err)
 	}
 	if st.err != nil {
 		return lost(st.err)

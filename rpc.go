@@ -69,7 +69,13 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		if err != nil {
 			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
 		}
-		return nil, toWire(s.applyLocal(ctx, c.Ops))
+		err = s.applyLocal(ctx, c.Ops)
+		if herr := s.halter.halted(); err != nil && herr != nil && !errors.Is(err, ErrOutcomeUnknown) {
+			// Dropped before it was sent: the follower asks the next
+			// leader.
+			return nil, &transport.Error{Code: codeNotLeader, Msg: herr.Error()}
+		}
+		return nil, toWire(err)
 	case methodReadIndex:
 		idx, err := s.readIndexLocal(ctx)
 		if err != nil {

@@ -559,8 +559,9 @@ func (e *Bolt) guard(fn func() error) error {
 // transaction would keep bbolt from remapping the growing file, and the
 // commit waiting for the remap would make every Begin wait too.
 //
-// While the live file is being copied (at disk speed) no commit starts,
-// so that no remap waits for the copy; readers and Update go on.
+// While the live file is being copied (at disk speed, starting at once) no
+// commit starts, so that no remap waits for the copy; readers and Update go
+// on.
 func (e *Bolt) Snapshot() (Snapshot, error) {
 	if err := e.commitThrough(e.applied.Load()); err != nil {
 		return nil, fmt.Errorf("storage: snapshot %s: %w", e.path, err)
@@ -607,7 +608,15 @@ func (e *Bolt) Snapshot() (Snapshot, error) {
 		e.smu.Lock()
 		e.snaps[db]++
 		e.smu.Unlock()
-		return &boltSnap{e: e, live: tx, index: idx}, nil
+		// The copy starts now, not at the first read: the live
+		// transaction holds the gate that commits wait for, and a caller
+		// may hold the snapshot a long time before it reads (raft holds
+		// it while it waits for its main loop, which may be waiting for
+		// the state machine, which may need a commit to finish). The
+		// copy ends at disk speed; Release waits for it.
+		s := &boltSnap{e: e, live: tx, index: idx}
+		go s.load()
+		return s, nil
 	}
 }
 

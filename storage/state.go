@@ -122,11 +122,27 @@ func decodeStateSlot(b []byte) (seq uint64, vals [len(stateKeys)][]byte, set [le
 // db, creating it from the values db holds if it does not exist.
 func openStateFile(path string, db *bolt.DB, noSync bool) (*stateFile, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		// Created once, from raft's values in the bbolt file (a log store
+		// that kept them there); the bbolt copies are not updated after
+		// that, so a state file that goes missing later must not be
+		// made again from them: the term and vote would go back.
+		if stateFileMade(db) {
+			return nil, fmt.Errorf("%w: state file %s is missing: Raft's term and vote are lost with it (Rebuild this member)", ErrCorruptLog, path)
+		}
 		if err := createStateFile(path, db, noSync); err != nil {
 			return nil, err
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("storage: state file %s: %w", path, err)
+	}
+	if !stateFileMade(db) {
+		if err := guard(path, "raft log", func() error {
+			return db.Update(func(tx *bolt.Tx) error {
+				return tx.Bucket(logStoreBucketConf).Put(keyStateFileMade, []byte{1})
+			})
+		}); err != nil {
+			return nil, fmt.Errorf("storage: state file %s: %w", path, diskFull(err))
+		}
 	}
 	f, err := fsOpen(path, os.O_RDWR, 0)
 	if err != nil {
@@ -138,6 +154,21 @@ func openStateFile(path string, db *bolt.DB, noSync bool) (*stateFile, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+// keyStateFileMade, in the bbolt file's conf bucket, says that the state
+// file was made: from then on it holds raft's term and vote.
+var keyStateFileMade = []byte("cohort_state_file_made")
+
+func stateFileMade(db *bolt.DB) bool {
+	made := false
+	_ = guard("", "raft log", func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			made = tx.Bucket(logStoreBucketConf).Get(keyStateFileMade) != nil
+			return nil
+		})
+	})
+	return made
 }
 
 // load reads both slots and keeps the newest valid one.

@@ -211,3 +211,29 @@ func TestStateFile_DamagedSlot(t *testing.T) {
 		}
 	})
 }
+
+// A state file that goes missing after it was made is not made again from
+// the stale copies of the term and vote in the bbolt file: the member
+// could vote twice in a term.
+func TestStateFile_MissingAfterMadeIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft.db")
+	s, err := OpenLogStore(path, LogStoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetUint64([]byte("CurrentTerm"), 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path + ".state"); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := OpenLogStore(path, LogStoreOptions{}); !errors.Is(err, ErrCorrupt) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("OpenLogStore without its state file: %v, want ErrCorrupt", err)
+	}
+}
