@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -79,6 +80,24 @@ func TestHostilePeer_UnapplicableEntriesAreRefused(t *testing.T) {
 			refused = target.Stats().LastLogIndex == st.LastLogIndex && !resp.NoRetryBackoff
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+	// A snapshot whose configuration does not decode: raft would panic
+	// on it as it installs it.
+	st := target.Stats()
+	snap := []byte("not a snapshot at all")
+	sreq := &raft.InstallSnapshotRequest{
+		RPCHeader:          raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("intruder"), Addr: []byte(ln.Addr().String())},
+		SnapshotVersion:    raft.SnapshotVersionMax,
+		Term:               st.Term,
+		LastLogIndex:       st.LastLogIndex + 100,
+		LastLogTerm:        st.Term,
+		Configuration:      []byte{0xc1, 0x00, 0xff},
+		ConfigurationIndex: 1,
+		Size:               int64(len(snap)),
+	}
+	var sresp raft.InstallSnapshotResponse
+	if err := trans.InstallSnapshot(raft.ServerID(st.NodeID), raft.ServerAddress(target.Addr()), sreq, &sresp, bytes.NewReader(snap)); err == nil && sresp.Success {
+		t.Fatal("member installed a snapshot with a configuration that does not decode")
 	}
 	// The cluster goes on, the member that was sent the entries included.
 	for i, s := range c.nodes {

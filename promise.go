@@ -275,7 +275,8 @@ func cmpString(a, b string) int {
 
 // voteGate is the Raft transport with the vote requests of candidates this
 // member may not vote for (mayVoteFor) answered with a refusal before Raft
-// sees them.
+// sees them, and so are snapshots whose configuration raft could not decode
+// (it would panic). Its pipelines are drained (raftpipe.go).
 type voteGate struct {
 	*raft.NetworkTransport
 	ch chan raft.RPC
@@ -301,6 +302,15 @@ func (g *voteGate) run(s *Store, stop <-chan struct{}) {
 				cand, vote = req.ID, true
 			case *raft.RequestPreVoteRequest:
 				cand, vote = req.ID, true
+			case *raft.InstallSnapshotRequest:
+				// raft decodes the configuration with a function that
+				// panics on bad bytes: a peer's must not reach it.
+				if req.SnapshotVersion > 0 {
+					if err := decodeConfiguration(req.Configuration); err != nil {
+						rpc.Respond(nil, fmt.Errorf("kv: refusing a snapshot: %w", err))
+						continue
+					}
+				}
 			}
 			if vote && !s.mayVoteFor(string(cand)) {
 				rpc.Respond(nil, errNoVote)
