@@ -607,12 +607,20 @@ func (s *Store) shutdown() error {
 		}
 		s.rpc.Close()
 	}
-	s.rwg.Wait()
+	// Calls waiting on raft futures end once raft answers them. A leader
+	// that keeps its leadership but can no longer commit answers them only
+	// as it stops: after a while, raft stops under them.
+	if !waitTimeout(&s.rwg, closeWait) {
+		s.logger.Warn("calls still wait on Raft; stopping it under them", "after", closeWait)
+	}
 	close(s.raftStop)
 	if s.raft != nil {
 		if err := s.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
+	}
+	if !waitTimeout(&s.rwg, closeWait) {
+		s.logger.Error("calls still wait on Raft after it stopped", "after", closeWait)
 	}
 	if s.gossip != nil {
 		if err := s.gossip.Shutdown(); err != nil {
@@ -652,6 +660,27 @@ func (s *Store) shutdown() error {
 		s.logger.Info("closed")
 	}
 	return errors.Join(errs...)
+}
+
+// closeWait bounds how long Close waits for calls on Raft at each step.
+const closeWait = 10 * time.Second
+
+// waitTimeout waits for wg for at most d, and says whether it is done. (A
+// goroutine waits on for it after a timeout.)
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // leaderChange returns a channel closed at the next change of leader.

@@ -302,6 +302,22 @@ func (g *voteGate) run(s *Store, stop <-chan struct{}) {
 				cand, vote = req.ID, true
 			case *raft.RequestPreVoteRequest:
 				cand, vote = req.ID, true
+			case *raft.AppendEntriesRequest:
+				// Entries raft could not apply are refused before raft
+				// sees them: raft truncates its log before it stores
+				// the entries, and a refusal by the log store after
+				// the truncation leaves raft's idea of its last entry
+				// wrong (a member that then leads cannot replicate).
+				bad := error(nil)
+				for _, e := range req.Entries {
+					if bad = checkEntry(e); bad != nil {
+						break
+					}
+				}
+				if bad != nil {
+					rpc.Respond(nil, bad)
+					continue
+				}
 			case *raft.InstallSnapshotRequest:
 				// raft decodes the configuration with a function that
 				// panics on bad bytes: a peer's must not reach it.
