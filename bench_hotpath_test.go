@@ -1,6 +1,6 @@
 package kv
 
-// Micro-benchmarks of the hot paths (issue 6). The side-by-side comparison
+// Micro-benchmarks of the hot paths. The side-by-side comparison
 // with etcd and raw hashicorp/raft is the separate module in bench/.
 //
 //	go test -run '^$' -bench Hot -benchtime 100x .   # a quick pass, well under a minute
