@@ -15,8 +15,9 @@ import (
 // entry, or its Raft storage fails where raft itself would panic) halts:
 // it fences itself off the Raft network at once, so that it neither leads
 // nor votes and the others elect a leader without it; it applies nothing
-// more; and every call on it returns the halt error, which wraps ErrCorrupt
-// or ErrDiskFull. Raft keeps running, cut off, until Close, so that no
+// more and writes nothing more to its Raft storage (raftStorage), so its
+// files keep what it acknowledged; and every call on it returns the halt
+// error, which wraps ErrCorrupt or ErrDiskFull. Raft keeps running, cut off, until Close, so that no
 // future raft hands out is left unanswered. The member is repaired with
 // Rebuild, or, for a disk that was full, by a restart once space is back.
 type halter struct {
