@@ -20,22 +20,14 @@ var errDiskFullRefused = fmt.Errorf("kv: write refused, nothing written: %w", Er
 
 const diskFullProbe = 500 * time.Millisecond
 
-// logSpace is what the Raft log store tells of its disk.
-type logSpace interface {
-	// DiskFull says whether the log cannot take new data entries.
-	DiskFull() bool
-	// Checkpoint tries to make room; nil clears DiskFull.
-	Checkpoint() error
-}
-
 // diskFullRefusal returns the error for a write on this leader while its
 // disk is full, or nil.
 func (s *Store) diskFullRefusal() error {
 	if err := s.fsm.stuckErr(); err != nil {
 		return fmt.Errorf("%w: the data file cannot be written: %v", errDiskFullRefused, err)
 	}
-	ls, ok := any(s.logs).(logSpace)
-	if !ok || s.logs == nil || !ls.DiskFull() {
+	ls := s.logs // nil when InMemory
+	if ls == nil || !ls.DiskFull() {
 		return nil
 	}
 	s.probeMu.Lock()

@@ -176,10 +176,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		return resp
 	}
 	if f.abandoned.Load() {
-		for i := range resp {
-			resp[i] = ErrClosed
-		}
-		return resp
+		return abandon(resp)
 	}
 	last := logs[len(logs)-1].Index
 	from := f.eng.AppliedIndex()
@@ -233,6 +230,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	return resp
 }
 
+// abandon answers every entry of a batch that will not be applied here.
 func abandon(resp []any) []any {
 	for i := range resp {
 		resp[i] = ErrClosed

@@ -44,7 +44,7 @@ type Store struct {
 	logs   *storage.LogStore // nil when InMemory
 	stable raft.StableStore
 	snaps  raft.SnapshotStore
-	rlog   raft.LogStore // what raft reads its log through
+	rlog   raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
 
 	// Membership: the cluster ID (empty until bootstrapped or adopted), this
 	// start's nonce, and the leader's view of member health.

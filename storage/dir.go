@@ -25,7 +25,7 @@ func MkdirAllSynced(dir string, perm os.FileMode) error {
 		return err
 	}
 	for i := len(created) - 1; i >= 0; i-- {
-		if err := syncDir(filepath.Dir(created[i])); err != nil {
+		if err := fsSyncDir(filepath.Dir(created[i])); err != nil {
 			return fmt.Errorf("storage: sync directory %s: %w", filepath.Dir(created[i]), err)
 		}
 	}

@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -24,5 +26,26 @@ func TestMkdirAllSynced(t *testing.T) {
 	}
 	if err := MkdirAllSynced(filepath.Join(file, "x"), 0o700); err == nil {
 		t.Fatal("MkdirAllSynced under a file succeeded")
+	}
+}
+
+// The directories MkdirAllSynced creates are made durable: it syncs their
+// parents, and says so when that fails.
+func TestMkdirAllSynced_SyncsParents(t *testing.T) {
+	base := t.TempDir()
+	fs := newFaultSet(opSync, 1, syscall.EIO)
+	faults.Store(fs)
+	defer faults.Store(nil)
+	if err := MkdirAllSynced(filepath.Join(base, "a", "b"), 0o700); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("MkdirAllSynced with a failing directory sync: %v, want EIO", err)
+	}
+	faults.Store(nil)
+	fs = newFaultSet(opSync, 0, nil) // only counts
+	faults.Store(fs)
+	if err := MkdirAllSynced(filepath.Join(base, "c", "d", "e"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if n := fs.count(opSync); n != 3 {
+		t.Fatalf("%d directory syncs for three new directories, want 3", n)
 	}
 }
