@@ -12,49 +12,59 @@ import (
 	"time"
 )
 
-// Defaults for Config fields left at their zero value.
+// Defaults for Config fields left at their zero value. Each is what the
+// field of the same name gets; the field's doc says what it does and when
+// to change it.
 const (
 	// DefaultBindAddr is used when Config.BindAddr is empty: loopback, a free
-	// port.
+	// port. Fine for tests and a single process; a cluster of machines needs
+	// an address the others can reach.
 	DefaultBindAddr = "127.0.0.1:0"
-	// DefaultGossipBindAddr is used when Config.GossipBindAddr is empty.
+	// DefaultGossipBindAddr is used when Config.GossipBindAddr is empty:
+	// loopback, a free port.
 	DefaultGossipBindAddr = "127.0.0.1:0"
-	// DefaultMaxKeySize is the longest key accepted, in bytes.
+	// DefaultMaxKeySize is the longest key accepted, in bytes: 4 KiB.
 	DefaultMaxKeySize = 4 << 10
-	// DefaultMaxValueSize is the longest value accepted, in bytes.
+	// DefaultMaxValueSize is the longest value accepted, in bytes: 1 MiB.
 	DefaultMaxValueSize = 1 << 20
-	// DefaultMaxVoters is how many members vote; members that join beyond it
-	// replicate as non-voters.
+	// DefaultMaxVoters is how many members vote at most: 5, which tolerates
+	// two failures. Members beyond it replicate as non-voters.
 	DefaultMaxVoters = 5
-	// DefaultHeartbeatTimeout is how long a follower goes without hearing from
-	// the leader before it starts an election.
+	// DefaultHeartbeatTimeout is how long a follower goes without hearing
+	// from the leader before it starts an election: 1 s (raft randomizes it
+	// between 1x and 2x).
 	DefaultHeartbeatTimeout = time.Second
-	// DefaultElectionTimeout is how long a candidate waits for votes.
+	// DefaultElectionTimeout is how long a candidate waits for votes before
+	// it starts another election: 1 s (randomized between 1x and 2x).
 	DefaultElectionTimeout = time.Second
 	// DefaultLeaderLeaseTimeout is how long a leader stays leader without
-	// reaching a quorum.
+	// hearing from a quorum: 500 ms.
 	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
 	// DefaultSnapshotThreshold is how many log entries past the last snapshot
-	// trigger a new one.
+	// trigger a new one: 8192.
 	DefaultSnapshotThreshold = 8192
 	// DefaultSnapshotBytes is how many bytes of log entries applied since the
-	// last snapshot trigger a new one, whatever their count: group commit
-	// packs up to 4 MiB of writes into one entry, so a count alone lets a
-	// bulk load leave the whole data set in the log for a restart to replay.
+	// last snapshot trigger a new one, whatever their count: 128 MiB. Group
+	// commit packs up to 4 MiB of writes into one entry, so a count alone
+	// would let a bulk load leave the whole data set in the log for a
+	// restart to read.
 	DefaultSnapshotBytes = 128 << 20
-	// DefaultSnapshotInterval is how often the threshold is checked.
+	// DefaultSnapshotInterval is how often Raft checks SnapshotThreshold:
+	// every 2 minutes (randomized between 1x and 2x).
 	DefaultSnapshotInterval = 2 * time.Minute
 	// DefaultTrailingLogs is how many entries a snapshot leaves in the log,
-	// so that a slightly lagging follower catches up without a snapshot.
+	// so that a slightly lagging follower catches up without a snapshot:
+	// 10240.
 	DefaultTrailingLogs = 10240
 	// DefaultDeadMemberTimeout is how long gossip must have reported a member
-	// dead before the leader removes it from the Raft configuration.
+	// dead before the leader removes it from the Raft configuration: 1
+	// minute.
 	DefaultDeadMemberTimeout = time.Minute
 	// DefaultStabilizationTime is how long a non-voter must be alive and
-	// caught up before it is promoted to voter.
+	// caught up before it is promoted to voter: 10 s.
 	DefaultStabilizationTime = 10 * time.Second
-	// DefaultAsyncWriteTimeout bounds how long a SetAsync or DeleteAsync keeps
-	// trying to reach a leader.
+	// DefaultAsyncWriteTimeout bounds how long a SetAsync or DeleteAsync
+	// keeps trying: 30 s.
 	DefaultAsyncWriteTimeout = 30 * time.Second
 )
 
@@ -68,11 +78,14 @@ const (
 // Config configures a Store. The zero value of every field but NodeID and
 // DataDir (or InMemory) is a working default. Open copies it.
 type Config struct {
-	// NodeID names this instance in the cluster. Required; keep it stable
-	// across restarts of the same DataDir.
+	// NodeID names this instance in the cluster. Required. Keep it stable
+	// across restarts of the same DataDir: the Raft configuration and peers
+	// know the member by it (its addresses may change). Two instances with
+	// the same NodeID in one cluster are a misconfiguration.
 	NodeID string
-	// DataDir holds the Raft log, snapshots and the data file. Required
-	// unless InMemory.
+	// DataDir holds the Raft log, snapshots and the data file (see the
+	// package documentation, # Durability). Required unless InMemory. Put it
+	// on a local disk with a working fsync; one DataDir per instance.
 	DataDir string
 	// InMemory keeps everything in memory (the Raft log, snapshots and the
 	// data); nothing survives Close. For tests and caches.
@@ -80,18 +93,27 @@ type Config struct {
 
 	// BindAddr is the "host:port" of the TCP port that carries Raft and
 	// member-to-member RPC. Port 0 picks a free port (see Store.Addr).
-	// Default DefaultBindAddr.
+	// Default DefaultBindAddr (loopback): set an address the other members
+	// can reach, or 0.0.0.0 with AdvertiseAddr.
 	BindAddr string
-	// AdvertiseAddr is what peers dial, when BindAddr is not reachable as is
-	// (e.g. 0.0.0.0). Default: the bound address.
+	// AdvertiseAddr is the "host:port" peers dial to reach BindAddr, when
+	// BindAddr is not reachable as is (0.0.0.0, a container, NAT). A host
+	// name is resolved once, at Open. Default: the bound address.
 	AdvertiseAddr string
-	// GossipBindAddr is the "host:port" for memberlist gossip (TCP and UDP).
-	// Port 0 picks a free port (see Store.GossipAddr). Default
-	// DefaultGossipBindAddr.
+	// GossipBindAddr is the "host:port" for memberlist gossip (TCP and UDP,
+	// the same port). Port 0 picks a free port (see Store.GossipAddr).
+	// Default DefaultGossipBindAddr (loopback).
 	GossipBindAddr string
-	// GossipAdvertiseAddr is the gossip address other members use. Optional.
+	// GossipAdvertiseAddr is the "ip:port" other members gossip to, when
+	// GossipBindAddr is not reachable as is; memberlist needs an IP address
+	// here, not a host name. Default: the bound address (with 0.0.0.0,
+	// memberlist picks a private IP of this host).
 	GossipAdvertiseAddr string
-	// Join lists gossip addresses of existing members. Empty for the first.
+	// Join lists gossip addresses ("host:port"; a DNS name that resolves to
+	// several members is fine) of other members. Empty only for an instance
+	// that starts a cluster on its own. Open tries them once and returns;
+	// while the instance sees no other member it tries again every 2 s, so
+	// members may start in any order.
 	Join []string
 	// BootstrapExpect is how many voters to wait for before the first
 	// election. Every member that forms the cluster must set the same value.
@@ -107,44 +129,107 @@ type Config struct {
 	// pool; a proposer refused retries with a fresh view. Starting more
 	// instances expecting N than N forms no cluster.
 	BootstrapExpect int
-	// Logger receives the Store's logs, and those of Raft and memberlist.
-	// nil discards them.
+	// Logger receives the Store's logs, and those of Raft and memberlist,
+	// with a "node" attribute. nil discards them (only the SECURITY warning
+	// of an unprotected cluster goes to slog.Default then): set one in
+	// production, since bootstrap progress, membership changes and halts
+	// are reported only there.
 	Logger *slog.Logger
 
-	// MaxKeySize limits keys, in bytes. Default DefaultMaxKeySize; at most
-	// 32 KiB (bbolt's limit).
+	// MaxKeySize limits keys, in bytes. Default DefaultMaxKeySize (4 KiB);
+	// at most 32 KiB (bbolt's limit). A longer key is refused with
+	// ErrKeyTooLarge and nothing is written. Set the same value on every
+	// member: a write is checked by the member it is called on and again by
+	// the leader.
 	MaxKeySize int
-	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize; at
-	// most 8 MiB.
+	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize (1
+	// MiB); at most 8 MiB. A longer value is refused with ErrValueTooLarge
+	// and nothing is written. Every value travels through the Raft log and
+	// is written on every member, so large values cost on every write; raise
+	// it only for occasional large values. Set the same value on every
+	// member.
 	MaxValueSize int
-	// MaxVoters is how many members vote. Members that join beyond it
-	// replicate and serve reads as non-voters, and replace voters that are
-	// removed. Default DefaultMaxVoters.
+	// MaxVoters is how many members vote at most. Default DefaultMaxVoters
+	// (5). The leader promotes each healthy non-voter while fewer than
+	// MaxVoters voters are in service, so a cluster of n members has
+	// min(n, MaxVoters) voters once they have caught up, even numbers
+	// included (4 members: 4 voters, which, like 3, tolerate one failure).
+	// Members beyond it replicate and serve reads as non-voters, and one is
+	// promoted when a voter is removed. More voters tolerate more failures
+	// but every write waits for a majority of them; 3 or 5 suit most
+	// clusters. Set the same value on every member: whichever leads applies
+	// its own.
 	MaxVoters int
 	// DeadMemberTimeout is how long gossip must report a member dead before
 	// the leader removes it from the Raft configuration (only while the rest
 	// keep a healthy quorum, never below 3 voters while 3 members are
-	// alive). Default DefaultDeadMemberTimeout.
+	// alive). Default DefaultDeadMemberTimeout (1 minute). A member that
+	// comes back after its removal is added again as a new non-voter. Raise
+	// it when members may stay down longer (a slow reboot, a rescheduled
+	// pod that waits for its volume) and you would rather keep their place;
+	// lower it to replace crashed voters with healthy non-voters sooner.
+	// A member that calls Leave is removed at once, whatever this says.
 	DeadMemberTimeout time.Duration
-	// StabilizationTime is how long a new member must be alive and caught
-	// up before it is promoted to voter. Default DefaultStabilizationTime.
+	// StabilizationTime is how long a new member must be alive in gossip and
+	// caught up with the leader before it is promoted to voter. Default
+	// DefaultStabilizationTime (10 s). It keeps a member that flaps, or
+	// still catches up, from counting towards the quorum. Lower it in tests.
 	StabilizationTime time.Duration
 
-	// HeartbeatTimeout: default DefaultHeartbeatTimeout.
+	// HeartbeatTimeout is how long a follower goes without hearing from the
+	// leader before it starts an election (Raft randomizes it between 1x
+	// and 2x; the leader sends heartbeats ten times as often). Default
+	// DefaultHeartbeatTimeout (1 s). It bounds how fast a crashed leader is
+	// replaced: lower it on a fast, quiet network for quicker failover;
+	// raise it where round trips or pauses (GC, a busy VM) approach it, or
+	// elections start for nothing. A follower's linearizable read also gives
+	// up on an unresponsive leader after HeartbeatTimeout+ElectionTimeout
+	// and asks again. Must be at least LeaderLeaseTimeout.
 	HeartbeatTimeout time.Duration
-	// ElectionTimeout: default DefaultElectionTimeout.
+	// ElectionTimeout is how long a candidate waits for votes before it
+	// starts another election (randomized between 1x and 2x). Default
+	// DefaultElectionTimeout (1 s). Must be at least HeartbeatTimeout;
+	// change it together with HeartbeatTimeout.
 	ElectionTimeout time.Duration
-	// LeaderLeaseTimeout: default DefaultLeaderLeaseTimeout.
+	// LeaderLeaseTimeout is how long a leader keeps its leadership without
+	// hearing from a quorum: a leader cut off on a minority side steps down
+	// after it, and writes and linearizable reads wait for the new leader
+	// (the majority elects one). Default
+	// DefaultLeaderLeaseTimeout (500 ms); at most HeartbeatTimeout (Open
+	// refuses more). Lower it with HeartbeatTimeout.
 	LeaderLeaseTimeout time.Duration
-	// SnapshotThreshold: default DefaultSnapshotThreshold.
+	// SnapshotThreshold is how many Raft log entries past the last snapshot
+	// make Raft take a new one, checked every SnapshotInterval. Default
+	// DefaultSnapshotThreshold (8192). A snapshot compacts the log: a
+	// restart reads the log after the newest snapshot, and a follower too
+	// far behind is sent the snapshot instead. An entry can carry many
+	// writes (group commit), so SnapshotBytes bounds the log by size too.
 	SnapshotThreshold uint64
-	// SnapshotBytes: default DefaultSnapshotBytes.
+	// SnapshotBytes also triggers a snapshot once this many bytes of log
+	// entries have been applied since the last one, whatever their count.
+	// Default DefaultSnapshotBytes (128 MiB). It bounds how much log a
+	// restart reads after a bulk load. Lower it to make restarts faster at
+	// the cost of more frequent snapshots (each one copies the data file);
+	// raise it when the data set is large and snapshots cost more than the
+	// log they save.
 	SnapshotBytes uint64
-	// SnapshotInterval: default DefaultSnapshotInterval.
+	// SnapshotInterval is how often Raft checks SnapshotThreshold
+	// (randomized between 1x and 2x). Default DefaultSnapshotInterval (2
+	// minutes). SnapshotBytes is checked as entries are applied, not on
+	// this interval.
 	SnapshotInterval time.Duration
-	// TrailingLogs: default DefaultTrailingLogs.
+	// TrailingLogs is how many entries a snapshot leaves in the log behind
+	// it, so that a follower that is briefly behind catches up from the log
+	// instead of receiving a whole snapshot. Default DefaultTrailingLogs
+	// (10240). It counts entries, not bytes: with large entries the log
+	// keeps more on disk (see docs/operations.md, Sizing). Raise it if
+	// followers that were down for a short while keep receiving snapshots.
 	TrailingLogs uint64
-	// AsyncWriteTimeout: default DefaultAsyncWriteTimeout.
+	// AsyncWriteTimeout is how long a SetAsync or DeleteAsync write may wait
+	// to be sent to a leader (during an election, or with no majority)
+	// before its Future fails, with the write never sent. A synchronous
+	// write is bounded by its ctx instead. Default DefaultAsyncWriteTimeout
+	// (30 s). Lower it when a caller would rather fail fast.
 	AsyncWriteTimeout time.Duration
 
 	// Dial, when set, opens every outbound connection of the transport

@@ -16,7 +16,7 @@ import (
 // Pair is a key and its value, as List returns them.
 type Pair struct {
 	Key   string
-	Value []byte
+	Value []byte // the caller's: List returns copies
 }
 
 // Get returns the value of key, or an error wrapping ErrNotFound. By default

@@ -36,16 +36,21 @@ func (s State) String() string {
 }
 
 // Stats is a snapshot of an instance's view of the cluster.
+//
+// The indexes are Raft log indexes: they count log entries, not writes.
+// Group commit packs many concurrent writes into one entry, and the log
+// also holds entries of Raft's own (a new leader's marker, configuration
+// changes), so AppliedIndex grows by one for a batch of writes.
 type Stats struct {
-	NodeID            string
-	State             State
+	NodeID            string // this instance's Config.NodeID
+	State             State  // its Raft role
 	Leader            string // NodeID of the leader; empty when none is known
 	LeaderAddr        string // its transport address
-	Term              uint64
-	CommitIndex       uint64
+	Term              uint64 // the current Raft term
+	CommitIndex       uint64 // the last log index this instance knows to be committed
 	AppliedIndex      uint64 // the last index the data reflects
-	LastLogIndex      uint64
-	LastSnapshotIndex uint64
+	LastLogIndex      uint64 // the last index in this instance's log
+	LastSnapshotIndex uint64 // the index of its newest snapshot
 	Members           int    // servers in the Raft configuration
 	ClusterID         string // empty until bootstrapped or added to a cluster
 	// NotPromoted says, on the leader, why each non-voter is not a voter yet
@@ -100,22 +105,32 @@ type MemberStatus = discovery.Status
 
 // Gossip statuses of a Member.
 const (
-	StatusAlive   = discovery.StatusAlive
+	// StatusAlive: gossip hears from the member.
+	StatusAlive = discovery.StatusAlive
+	// StatusSuspect is never reported by this version: memberlist does not
+	// expose its suspicion state, so a member that stops answering stays
+	// StatusAlive until gossip declares it dead (a few seconds later). The
+	// value exists so that code written against it keeps compiling if a
+	// later version reports suspicion.
 	StatusSuspect = discovery.StatusSuspect
-	StatusDead    = discovery.StatusDead
-	StatusLeft    = discovery.StatusLeft
+	// StatusDead: gossip declared the member dead (it stopped answering
+	// probes), or the member is in the Raft configuration but gossip has
+	// never seen it.
+	StatusDead = discovery.StatusDead
+	// StatusLeft: the member left for good (Leave, or Rebuild).
+	StatusLeft = discovery.StatusLeft
 )
 
 // Member is one member of the cluster as this instance sees it: everyone in
 // the Raft configuration and everyone in the gossip pool.
 type Member struct {
-	ID         string
-	Addr       string // transport address
-	GossipAddr string
-	Status     MemberStatus
-	Suffrage   Suffrage
-	Voter      bool // Suffrage == Voter
-	Leader     bool
+	ID         string       // its NodeID
+	Addr       string       // transport address
+	GossipAddr string       // gossip address; empty if gossip has not seen it
+	Status     MemberStatus // as gossip sees it
+	Suffrage   Suffrage     // its place in the Raft configuration
+	Voter      bool         // Suffrage == SuffrageVoter
+	Leader     bool         // the leader, as this instance knows it
 }
 
 // Suffrage is a member's place in the Raft configuration. fmt.Sprint gives
