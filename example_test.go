@@ -1,11 +1,15 @@
 package kv_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
+	"os"
+	"path/filepath"
 	"time"
 
 	kv "github.com/cohortkv/kv"
@@ -207,26 +211,34 @@ func ExampleStore_Delete() {
 	// Delete again: <nil>
 }
 
-// A member whose DataDir is damaged is rebuilt from the others: Rebuild
-// moves its files aside and has the leader drop it from the configuration;
-// the next Open rejoins it empty and the leader catches it up.
+// A member whose DataDir is damaged (Open fails with ErrCorrupt) or lost
+// (ErrLostState) is rebuilt from the others. That is an operator's
+// decision, never automatic: give your service a way to run Rebuild with
+// the Config it runs with, such as a -rebuild flag, used while the member
+// is stopped. Rebuild moves the old files aside and has the leader drop the
+// member from the configuration; the next Open rejoins it empty, and the
+// leader catches it up and promotes it. (This example is not run: it needs
+// a cluster at those addresses.)
 func ExampleRebuild() {
+	rebuild := flag.Bool("rebuild", false, "rebuild this member's DataDir from the cluster, then start")
+	flag.Parse()
 	cfg := kv.Config{
 		NodeID:         "node3",
 		DataDir:        "/var/lib/myservice/kv",
-		BindAddr:       "127.0.0.1:7003",
-		GossipBindAddr: "127.0.0.1:7103",
-		Join:           []string{"127.0.0.1:7101", "127.0.0.1:7102"},
+		BindAddr:       "10.0.0.3:7000",
+		GossipBindAddr: "10.0.0.3:7946",
+		Join:           []string{"10.0.0.1:7946", "10.0.0.2:7946"},
 	}
-	s, err := kv.Open(cfg)
-	if errors.Is(err, kv.ErrCorrupt) {
-		log.Printf("damaged DataDir, rebuilding from the cluster: %v", err)
+	if *rebuild {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := kv.Rebuild(ctx, cfg); err != nil {
-			log.Fatalf("rebuild: %v", err)
+			log.Fatalf("rebuild: %v", err) // run it again to go on
 		}
-		s, err = kv.Open(cfg)
+	}
+	s, err := kv.Open(cfg)
+	if errors.Is(err, kv.ErrCorrupt) || errors.Is(err, kv.ErrLostState) {
+		log.Fatalf("%v: stop this member and start it with -rebuild", err)
 	}
 	if err != nil {
 		log.Fatal(err)
@@ -277,4 +289,225 @@ func Example_secure() {
 	v, err := s.Get(ctx, "greeting")
 	fmt.Println(string(v), err)
 	// Output: hello over mTLS <nil>
+}
+
+// Back up the data set to a file, then roll the cluster back to it with
+// Restore. Backup works on any member and does not stop writes; the copy
+// reflects every write that completed before the call.
+func ExampleStore_Backup() {
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := s.Set(ctx, "config/mode", []byte("blue")); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	dir, err := os.MkdirTemp("", "kv-backup-")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "kv.backup")
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	err = s.Backup(ctx, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Println("backup:", err)
+		return
+	}
+
+	// Later writes are not in the backup...
+	if err := s.Set(ctx, "config/mode", []byte("green")); err != nil {
+		fmt.Println(err)
+		return
+	}
+	// ...and a Restore on the leader brings every member back to it.
+	f, err = os.Open(path)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer f.Close()
+	if err := s.Restore(ctx, f); err != nil {
+		fmt.Println("restore:", err)
+		return
+	}
+	v, err := s.Get(ctx, "config/mode")
+	fmt.Printf("config/mode: %s %v\n", v, err)
+	// Output: config/mode: blue <nil>
+}
+
+// Seed a new cluster with the data of another one: Backup on any member of
+// the old cluster, Restore on the leader of the new one. Restore replaces
+// the whole data set of the new cluster.
+func ExampleStore_Restore() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	open := func(id string) (*kv.Store, error) {
+		s, err := kv.Open(kv.Config{NodeID: id, InMemory: true})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.WaitForLeader(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+		return s, nil
+	}
+
+	old, err := open("old1")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer old.Close()
+	for _, k := range []string{"user/ada", "user/grace", "user/linus"} {
+		if err := old.Set(ctx, k, []byte("active")); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	var backup bytes.Buffer // a file or object storage in practice
+	if err := old.Backup(ctx, &backup); err != nil {
+		fmt.Println("backup:", err)
+		return
+	}
+
+	// A cluster of its own (a single instance here), with data that the
+	// restore replaces.
+	fresh, err := open("new1")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer fresh.Close()
+	if err := fresh.Set(ctx, "scratch", []byte("x")); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := fresh.Restore(ctx, &backup); err != nil { // on the leader
+		fmt.Println("restore:", err)
+		return
+	}
+	pairs, err := fresh.List(ctx, "")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, p := range pairs {
+		fmt.Printf("%s = %s\n", p.Key, p.Value)
+	}
+	// Output:
+	// user/ada = active
+	// user/grace = active
+	// user/linus = active
+}
+
+// Members merges the Raft configuration with what gossip knows. Here a
+// second instance joins a cluster whose MaxVoters is 1, so the leader adds
+// it as a non-voter and never promotes it: it replicates the data and
+// serves reads, but does not vote. (With the default MaxVoters, 5, it
+// would be promoted after StabilizationTime.)
+func ExampleStore_Members() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true, MaxVoters: 1})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer first.Close()
+	if err := first.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	second, err := kv.Open(kv.Config{NodeID: "node2", InMemory: true, MaxVoters: 1,
+		Join: []string{first.GossipAddr()}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer second.Close()
+
+	// Wait until the leader has added the new member to the configuration.
+	for {
+		ms := first.Members()
+		if len(ms) == 2 && ms[1].Suffrage == kv.SuffrageNonVoter && ms[1].Status == kv.StatusAlive {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Println("node2 was not added:", ctx.Err())
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for _, m := range first.Members() {
+		fmt.Printf("%s: %s, %s, leader=%t\n", m.ID, m.Status, m.Suffrage, m.Leader)
+	}
+	// Output:
+	// node1: alive, voter, leader=true
+	// node2: alive, non-voter, leader=false
+}
+
+// Leave is a permanent exit: the leader removes the member from the Raft
+// configuration, the member leaves gossip and closes. (Close, by contrast,
+// is a stop after which the member is expected back.)
+func ExampleStore_Leave() {
+	c, err := kvtest.Start(3, kvtest.InMemory())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	leader := c.Node(c.Leader())
+	voters := func() (n int) {
+		for _, m := range leader.Members() {
+			if m.Voter {
+				n++
+			}
+		}
+		return n
+	}
+	fmt.Println("voters before:", voters())
+
+	// A follower leaves, for instance as its machine is retired.
+	leaver := c.Node((c.Leader() + 1) % 3)
+	if err := leaver.Leave(ctx); err != nil {
+		fmt.Println("leave:", err)
+		return
+	}
+	fmt.Println("voters after:", voters())
+	fmt.Println("leaver closed:", errors.Is(leaver.Set(ctx, "k", nil), kv.ErrClosed))
+
+	// The two that remain still form a cluster and take writes.
+	fmt.Println("write:", leader.Set(ctx, "k", []byte("v")))
+	// Output:
+	// voters before: 3
+	// voters after: 2
+	// leaver closed: true
+	// write: <nil>
 }
