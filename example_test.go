@@ -216,11 +216,11 @@ func ExampleStore_Delete() {
 // decision, never automatic: give your service a way to run Rebuild with
 // the Config it runs with, such as a -rebuild flag, used while the member
 // is stopped. Rebuild moves the old files aside and has the leader drop the
-// member from the configuration; the next Open rejoins it empty, and the
+// member from the configuration; the next start opens it empty, and the
 // leader catches it up and promotes it. (This example is not run: it needs
 // a cluster at those addresses.)
 func ExampleRebuild() {
-	rebuild := flag.Bool("rebuild", false, "rebuild this member's DataDir from the cluster, then start")
+	rebuild := flag.Bool("rebuild", false, "rebuild this member from the cluster, then exit")
 	flag.Parse()
 	cfg := kv.Config{
 		NodeID:         "node3",
@@ -235,6 +235,8 @@ func ExampleRebuild() {
 		if err := kv.Rebuild(ctx, cfg); err != nil {
 			log.Fatalf("rebuild: %v", err) // run it again to go on
 		}
+		log.Print("rebuilt: start the service again, without -rebuild")
+		return
 	}
 	s, err := kv.Open(cfg)
 	if errors.Is(err, kv.ErrCorrupt) || errors.Is(err, kv.ErrLostState) {
