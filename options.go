@@ -150,15 +150,19 @@ type Config struct {
 	// member.
 	MaxValueSize int
 	// MaxVoters is how many members vote at most. Default DefaultMaxVoters
-	// (5). The leader promotes each healthy non-voter while fewer than
-	// MaxVoters voters are in service, so a cluster of n members has
-	// min(n, MaxVoters) voters once they have caught up, even numbers
-	// included (4 members: 4 voters, which, like 3, tolerate one failure).
-	// Members beyond it replicate and serve reads as non-voters, and one is
-	// promoted when a voter is removed. More voters tolerate more failures
-	// but every write waits for a majority of them; 3 or 5 suit most
-	// clusters. Set the same value on every member: whichever leads applies
-	// its own.
+	// (5). The members that bootstrap the cluster all start as voters; a
+	// member that joins later is added as a non-voter, and the leader
+	// promotes it once it has caught up for StabilizationTime while fewer
+	// than MaxVoters voters are in service (a voter dead for
+	// DeadMemberTimeout is not). Parity is not considered: a cluster of n
+	// healthy members has min(n, MaxVoters) voters, so 4 members have 4
+	// voters, which, like 3, tolerate one failure. Members beyond it
+	// replicate and serve reads as non-voters, and take the place of a
+	// voter that dies or leaves. Voters are never demoted. More voters
+	// tolerate more failures, but every write waits for a majority of them:
+	// 3 or 5 suit most clusters, and MaxVoters 3 keeps 3 voters in a
+	// cluster of 4. Set the same value on every member: whichever leads
+	// applies its own. See docs/operations.md, "How many voters".
 	MaxVoters int
 	// DeadMemberTimeout is how long gossip must report a member dead before
 	// the leader removes it from the Raft configuration (only while the rest
