@@ -32,8 +32,9 @@
 //
 // Keys are non-empty strings of at most Config.MaxKeySize bytes, values at
 // most Config.MaxValueSize bytes. Errors are the exported sentinels
-// (ErrNotFound, ErrClosed, ErrNoLeader, ErrOutcomeUnknown, ErrLeadershipLost, ErrEmptyKey,
-// ErrKeyTooLarge, ErrValueTooLarge, ErrInvalidConfig, ErrWrongCluster),
+// (ErrNotFound, ErrClosed, ErrNoLeader, ErrOutcomeUnknown,
+// ErrLeadershipLost, ErrEmptyKey, ErrKeyTooLarge, ErrValueTooLarge,
+// ErrInvalidConfig, ErrWrongCluster, ErrLostState, ErrCorrupt, ErrDiskFull),
 // wrapped with detail: compare them with errors.Is.
 //
 // # Consistency
@@ -70,12 +71,14 @@
 // with the index it reflects stored in the same transactions, written in the
 // background once a second: after a crash the entries since are applied
 // again from the log) and snapshots/ (Raft snapshots, which compact the
-// log). Backup writes a consistent, checksummed copy of the data from any
+// log; one is taken every Config.SnapshotThreshold entries or
+// Config.SnapshotBytes of log, whichever comes first). Backup writes a consistent, checksummed copy of the data from any
 // instance; Restore, on the leader, sends such a copy through the Raft log,
 // staged beside the data on every member and installed by all at one commit
 // entry (until then, and if it fails, the old data serves). On
-// restart an instance reads its data file as it is, replays only the log
-// entries after it, and rejoins. InMemory keeps all of this in memory;
+// restart an instance opens its data file as it is, applies only the log
+// entries the file does not have yet (Raft reads the log after the newest
+// snapshot), and rejoins. InMemory keeps all of this in memory;
 // nothing survives Close.
 //
 // Damaged files are detected, never served: log records and data records
@@ -110,7 +113,9 @@
 //
 // The leader keeps the Raft configuration in step with gossip. A member that
 // joins is added as a non-voter and promoted to voter once it has been alive
-// and caught up for StabilizationTime, while fewer than MaxVoters vote. A
+// and caught up for StabilizationTime, while fewer than MaxVoters vote, so
+// n healthy members have min(n, MaxVoters) voters, even n included (see
+// Config.MaxVoters). A
 // member that called Leave is removed at once; one that gossip has reported
 // dead for DeadMemberTimeout is removed then, but only while the alive
 // voters keep a majority before and after the change (a leader cut off on a
