@@ -1,6 +1,6 @@
 package kv_test
 
-// The linearizability suite (issue 5): many clients run concurrent Get, Set
+// The linearizability suite: many clients run concurrent Get, Set
 // and Delete on every member of a kvtest cluster while faults happen (leader
 // crash and restart, partitions, message loss and latency, a whole-cluster
 // restart); every operation is recorded with its invocation and response

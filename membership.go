@@ -137,7 +137,8 @@ func (s *Store) reconcileOnce() (bool, error) {
 			// A member back on a new address needs no change: peers are
 			// dialled by NodeID through gossip (addressBook). Rewriting the
 			// address in the configuration would also hit a data race in
-			// hashicorp/raft (startStopReplication vs. replicateTo, raft#681).
+			// hashicorp/raft (startStopReplication vs. replicateTo,
+			// https://github.com/hashicorp/raft/issues/681).
 			continue
 		}
 		// Only a member this one can talk to over the transport is added:

@@ -1,6 +1,6 @@
 // Command bench runs cohort/kv, embedded etcd and raw hashicorp/raft side
 // by side on the same machine, in one process, with the same workloads, and
-// writes a markdown report (issue 6).
+// writes a markdown report: the side-by-side section of docs/benchmarks.md.
 //
 //	cd bench && go run .            # the full matrix, about 10 minutes
 //	cd bench && go run . -quick     # a reduced matrix, under 2 minutes

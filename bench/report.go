@@ -280,7 +280,7 @@ func (r *report) markdown() string {
 	p("- **cohort**: `kv.Open` x3 with the default `Config` (BootstrapExpect 3, Join through gossip). Callers are goroutines in the same process calling the `*kv.Store` of a member, as an embedding service does.\n")
 	p("- **etcd**: `go.etcd.io/etcd/server/v3/embed` x3 with defaults (no auto-compaction, default snapshot count, log level error), reached through `clientv3` over gRPC on loopback; callers share clients (one gRPC connection each), one client per 32 callers of a member, at most 16.\n")
 	p("- **raft**: raw `hashicorp/raft`, 3 voters over `raft.NewTCPTransport`, the same log store as cohort (`storage.OpenLogStore`, fsync on, behind `raft.NewLogCache(512)`), file snapshots, the same `raft.Config` as cohort (BatchApplyCh, MaxAppendEntries 256, CommitTimeout 20 ms), and a `map[string][]byte` state machine: one log entry per write, no group commit of its own beyond raft's batching of appends. It has no forwarding, follower reads or range reads, so those rows are empty (–). Its linearizable read is the read-index protocol on the leader: note `CommitIndex()`, `VerifyLeader()` (raft shares a heartbeat round among concurrent callers), wait until the map has applied that index, read; no `Barrier` per read.\n")
-	p("- **raft-wal**: the same raw raft on `hashicorp/raft-wal` (v0.4) instead of cohort's log store, also behind `raft.NewLogCache(512)`: the fastest log store for hashicorp/raft we know (one fsync per append, preallocated segments), and the one the issue's reference numbers name. cohort does not use it: it checks a batch's checksum only at open, reads back a damaged entry without an error, and can panic on a damaged length; see \"Log store\" under the issue 6 targets below.\n")
+	p("- **raft-wal**: the same raw raft on `hashicorp/raft-wal` (v0.4) instead of cohort's log store, also behind `raft.NewLogCache(512)`: the fastest log store for hashicorp/raft we know (one fsync per append, preallocated segments). cohort does not use it: it checks a batch's checksum only at open, reads back a damaged entry without an error, and can panic on a damaged length; see \"Log store\" below.\n")
 	p("- **Workload**: %s keys of 17 bytes (random hex), loaded before the first cell; values of 100 bytes; each operation picks a key uniformly at random. Closed loop: C callers, each issues its next operation when the previous one returns.\n", fmtOps(float64(len(r.data.keys))))
 	p("- **Cells**: %v warm-up (not measured), then %v measured or %s operations, whichever comes first; %d rounds, and in each round every cell runs cohort, etcd, raft, raft-wal in turn (A B C D A B C D). ops/s is the median over the rounds; p50/p99 come from all operations of all rounds; CPU µs/op is the process's user+system CPU time (`getrusage`) over the measured window divided by the operations, so it includes the callers, all 3 members and the idle other clusters; allocs/op is the process's heap allocations (`runtime.MemStats.Mallocs`) per operation, measured the same way.\n",
 		o.warm, o.dur, fmtOps(float64(o.maxOps)), o.rounds)
@@ -339,7 +339,7 @@ func (r *report) markdown() string {
 		p("\nNo operation failed.\n")
 	}
 
-	p("\n### Targets (issue 6)\n\n")
+	p("\n### Targets\n\nThe goals set for this comparison when the write and read paths were designed, checked on this run's numbers.\n\n")
 	p("| target | measured | verdict |\n|---|---|---|\n")
 	for _, t := range r.targets() {
 		p("| %s | %s | %s |\n", t.name, t.measured, t.verdict)
@@ -435,7 +435,7 @@ func verdict(ok bool) string {
 
 const notMeasured = "not measured in this run"
 
-// targets evaluates the issue's targets on this run's numbers.
+// targets evaluates the comparison's targets on this run's numbers.
 func (r *report) targets() []target {
 	var ts []target
 	get := r.results.get

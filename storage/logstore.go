@@ -515,7 +515,8 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 				return err
 			}
 			// Re-seek rather than c.Next(): in bbolt a Delete followed by
-			// Next can skip an element (etcd-io/bbolt#146). Seeking the
+			// Next can skip an element
+			// (https://github.com/etcd-io/bbolt/issues/146). Seeking the
 			// deleted key lands on its successor.
 			k, _ = c.Seek(cur)
 		}
