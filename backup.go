@@ -119,7 +119,7 @@ func (a *abandonableWriter) Write(p []byte) (int, error) {
 // at that same index; reads and writes go on meanwhile and are ordered
 // with the restore by the log like any write. Before it proposes the
 // commit, the leader checks that its own staging is complete and built; if
-// it is not (disk full: the error wraps storage.ErrDiskFull), it proposes
+// it is not (disk full: the error wraps ErrDiskFull), it proposes
 // an abort and returns the error, and the old data keeps serving
 // everywhere. A member that cannot install a committed restore (its own
 // disk filled up while staging) stops applying rather than diverge.
