@@ -18,8 +18,15 @@
 //		GossipBindAddr:  "10.0.0.1:7946",
 //		Join:            []string{"10.0.0.2:7946"},
 //		BootstrapExpect: 3,
+//		Logger:          slog.Default(),
 //	})
 //	...
+//	defer s.Close()
+//	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+//	defer cancel()
+//	if err := s.WaitForLeader(wctx); err != nil { // a bounded wait: a wrong Join fails loudly
+//		return err
+//	}
 //	err = s.Set(ctx, "user:42", []byte("Ada"))
 //	v, err := s.Get(ctx, "user:42")
 //	pairs, err := s.List(ctx, "user:", kv.Limit(100))
