@@ -198,9 +198,9 @@ type Config struct {
 	// LeaderLeaseTimeout is how long a leader keeps its leadership without
 	// hearing from a quorum: a leader cut off on a minority side steps down
 	// after it, and writes and linearizable reads wait for the new leader
-	// (the majority elects one). Default
-	// DefaultLeaderLeaseTimeout (500 ms); at most HeartbeatTimeout (Open
-	// refuses more). Lower it with HeartbeatTimeout.
+	// that the majority elects. Default DefaultLeaderLeaseTimeout (500 ms);
+	// at most HeartbeatTimeout (Open refuses more). Lower it together with
+	// HeartbeatTimeout.
 	LeaderLeaseTimeout time.Duration
 	// SnapshotThreshold is how many Raft log entries past the last snapshot
 	// make Raft take a new one, checked every SnapshotInterval. Default
