@@ -1,8 +1,10 @@
 package kv
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -25,9 +27,10 @@ func (s *Store) bootstrapLoop() {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var progress bootstrapProgress
 	for {
 		changed := s.gossip.Changed()
-		done, backoff := s.tryBootstrap(expect)
+		done, backoff := s.tryBootstrap(expect, &progress)
 		if done {
 			return
 		}
@@ -54,7 +57,51 @@ func (s *Store) bootstrapLoop() {
 // views on demand.
 var bootstrapView func(self string, members []discovery.Member) []discovery.Member
 
-func (s *Store) tryBootstrap(expect int) (done bool, backoff time.Duration) {
+// bootstrapProgress is what a member waiting to bootstrap last said about
+// it, so that it speaks when its view changes and now and then otherwise.
+type bootstrapProgress struct {
+	said map[string]time.Time
+}
+
+// say reports whether the message under key may be logged now: the first
+// time, and again after bootstrapProgressEvery.
+func (p *bootstrapProgress) say(key string) bool {
+	if t, ok := p.said[key]; ok && time.Since(t) < bootstrapProgressEvery {
+		return false
+	}
+	if p.said == nil || len(p.said) > 64 {
+		p.said = map[string]time.Time{}
+	}
+	p.said[key] = time.Now()
+	return true
+}
+
+// bootstrapProgressEvery is how often a member waiting to bootstrap repeats
+// what it waits for while its view does not change.
+const bootstrapProgressEvery = 15 * time.Second
+
+// waiting logs, at Info, how many of the expected members this one sees.
+func (s *Store) waiting(p *bootstrapProgress, expect int, cands []discovery.Member) {
+	ids := make([]string, 0, len(cands))
+	for _, m := range cands {
+		ids = append(ids, m.ID)
+	}
+	sort.Strings(ids)
+	seen := strings.Join(ids, ", ")
+	if !p.say("waiting:" + seen) {
+		return
+	}
+	msg := fmt.Sprintf("waiting for %d expected members to bootstrap, %d seen: %s", expect, len(ids), seen)
+	args := []any{"expect", expect, "seen", len(ids)}
+	if len(s.cfg.Join) == 0 {
+		args = append(args, "hint", "Join is empty: this member waits for the others to join it")
+	} else if len(s.gossip.Members()) <= 1 {
+		args = append(args, "join", s.cfg.Join, "hint", "no seed in Join answered yet")
+	}
+	s.logger.Info(msg, args...)
+}
+
+func (s *Store) tryBootstrap(expect int, progress *bootstrapProgress) (done bool, backoff time.Duration) {
 	if _, id := s.raft.LeaderWithID(); id != "" {
 		return true, 0 // added to an existing cluster
 	}
@@ -75,7 +122,7 @@ func (s *Store) tryBootstrap(expect int) (done bool, backoff time.Duration) {
 			return true, 0
 		}
 		if m.Expect != expect {
-			if m.Expect > 0 {
+			if m.Expect > 0 && progress.say(fmt.Sprintf("expect:%s:%d", m.ID, m.Expect)) {
 				s.logger.Warn("member expects a different cluster size; ignored for bootstrap", "member", m.ID, "its_expect", m.Expect, "expect", expect)
 			}
 			continue
@@ -83,13 +130,16 @@ func (s *Store) tryBootstrap(expect int) (done bool, backoff time.Duration) {
 		cands = append(cands, m)
 	}
 	if len(cands) < expect {
+		s.waiting(progress, expect, cands)
 		return false, 0
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].ID < cands[j].ID })
 	if len(cands) > expect {
 		// Members that see different subsets could propose different
 		// sets: refuse, as Consul does, and wait for one to exist.
-		s.logger.Error("more members expect to bootstrap than BootstrapExpect; not bootstrapping", "seen", len(cands), "expect", expect)
+		if progress.say(fmt.Sprintf("toomany:%d", len(cands))) {
+			s.logger.Error("more members expect to bootstrap than BootstrapExpect; not bootstrapping", "seen", len(cands), "expect", expect)
+		}
 		return false, 0
 	}
 	var conf raft.Configuration

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -119,5 +120,28 @@ func TestErrors_WriteOutcomes(t *testing.T) {
 		if errors.Is(err, ErrOutcomeUnknown) {
 			t.Errorf("%v wraps ErrOutcomeUnknown", err)
 		}
+	}
+}
+
+// A read that found no leader says so in words that fit a read, whether
+// its last attempt was refused by a leader that lost its majority or lost
+// its connection to the leader: nothing about a write, nothing unknown.
+func TestReadErrors_SpeakOfReads(t *testing.T) {
+	for name, last := range map[string]error{
+		"leadership not confirmed": verifyErr(raft.ErrLeadershipLost),
+		"connection lost":          readRPCErr("127.0.0.1:1", fmt.Errorf("%w: reset", transport.ErrConnLost)),
+		"leader gave up":           readRPCErr("127.0.0.1:1", &transport.Error{Code: codeUnknown, Msg: "leadership lost"}),
+	} {
+		s := &Store{ctx: context.Background(), halter: newHalter()}
+		err := s.readGiveUp(context.DeadlineExceeded, last)
+		if !errors.Is(err, ErrNoLeader) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: %v; want ErrNoLeader and DeadlineExceeded", name, err)
+		}
+		if errors.Is(err, ErrOutcomeUnknown) || strings.Contains(err.Error(), "write") || !strings.Contains(err.Error(), "read") {
+			t.Errorf("%s: %v: not the words of a read", name, err)
+		}
+	}
+	if err := verifyErr(raft.ErrRaftShutdown); !errors.Is(err, ErrClosed) {
+		t.Errorf("verifyErr(shutdown) = %v, want ErrClosed", err)
 	}
 }

@@ -318,7 +318,8 @@ func (s *Store) open() error {
 		defer s.raft.DeregisterObserver(observer)
 		for {
 			select {
-			case <-obs:
+			case o := <-obs:
+				s.logLeader(o.Data.(raft.LeaderObservation))
 				s.leaderMu.Lock()
 				close(s.leaderChanged)
 				s.leaderChanged = make(chan struct{})
@@ -680,6 +681,19 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 		return true
 	case <-t.C:
 		return false
+	}
+}
+
+// logLeader logs a change of leader as this member sees it; the leader
+// itself logs "became leader" from its leader loop.
+func (s *Store) logLeader(o raft.LeaderObservation) {
+	switch {
+	case o.LeaderID == "":
+		if !s.isClosed() {
+			s.logger.Info("no leader known; waiting for an election", "term", s.raft.CurrentTerm())
+		}
+	case string(o.LeaderID) != s.cfg.NodeID:
+		s.logger.Info("following leader", "leader", string(o.LeaderID), "leader_addr", string(o.LeaderAddr), "term", s.raft.CurrentTerm())
 	}
 }
 

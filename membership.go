@@ -89,7 +89,8 @@ func clusterIDFor(set []discovery.Member) string {
 //     off on a minority side sees no such majority and removes nothing), and
 //     never below 3 voters while 3 members are alive;
 //   - a non-voter alive and caught up for StabilizationTime is promoted while
-//     fewer than MaxVoters voters are in service.
+//     fewer than MaxVoters voters are in service, in a way that keeps the
+//     number of voters odd (see promotion).
 func (s *Store) reconcile() {
 	for i := 0; i < 8; i++ {
 		if s.isClosed() || s.raft.State() != raft.Leader {
@@ -220,7 +221,7 @@ func (s *Store) reconcileOnce() (bool, error) {
 	commit := s.raft.CommitIndex()
 	term := s.raft.CurrentTerm()
 	why := map[string]string{}
-	var promote *raft.Server
+	var ready []int // indexes in servers of non-voters ready for promotion
 	for i, srv := range servers {
 		if srv.Suffrage == raft.Voter {
 			continue
@@ -241,22 +242,55 @@ func (s *Store) reconcileOnce() (bool, error) {
 			why[id] = reason
 		case now.Sub(good) < s.cfg.StabilizationTime:
 			why[id] = fmt.Sprintf("stabilizing: healthy for %v of %v", now.Sub(good).Round(time.Millisecond), s.cfg.StabilizationTime)
-		case inService >= s.cfg.MaxVoters:
-			why[id] = fmt.Sprintf("voters at MaxVoters (%d)", s.cfg.MaxVoters)
-		case promote == nil:
-			promote = &servers[i]
+		case inService >= oddVoters(s.cfg.MaxVoters):
+			why[id] = fmt.Sprintf("voters at MaxVoters (%d voting, MaxVoters %d)", inService, s.cfg.MaxVoters)
 		default:
-			why[id] = "waiting for another promotion"
+			ready = append(ready, i)
 		}
+	}
+	promote, waiting := promotion(inService, s.cfg.MaxVoters, len(ready))
+	for _, i := range ready[promote:] {
+		why[string(servers[i].ID)] = waiting
 	}
 	s.health.mu.Lock()
 	s.health.why = why
 	s.health.mu.Unlock()
-	if promote != nil {
-		s.logger.Info("promoting member to voter", "member", promote.ID, "voters", inService+1)
-		return true, s.raft.AddVoter(promote.ID, promote.Address, f.Index(), 10*time.Second).Error()
+	if promote > 0 {
+		srv := servers[ready[0]]
+		s.logger.Info("promoting member to voter", "member", srv.ID, "voters", inService+1)
+		return true, s.raft.AddVoter(srv.ID, srv.Address, f.Index(), 10*time.Second).Error()
 	}
 	return false, nil
+}
+
+// oddVoters is the most voters the leader promotes to: MaxVoters, or one
+// fewer when MaxVoters is even. An even number of voters tolerates no more
+// failures than one fewer, and needs a larger majority for every commit.
+func oddVoters(maxVoters int) int {
+	if maxVoters%2 == 0 {
+		return maxVoters - 1
+	}
+	return maxVoters
+}
+
+// promotion decides how many of the ready non-voters to promote now (0 or
+// 1: one change at a time) with inService voters in service, and why the
+// others wait. Voters are added so that their number stays odd: from an
+// even count one promotion makes it odd; from an odd count a promotion is
+// made only when a second ready member can follow it at once, so the even
+// count lasts one configuration change.
+func promotion(inService, maxVoters, ready int) (int, string) {
+	limit := oddVoters(maxVoters)
+	switch {
+	case ready == 0 || inService >= limit:
+		return 0, fmt.Sprintf("voters at MaxVoters (%d voting, MaxVoters %d)", inService, maxVoters)
+	case inService%2 == 0:
+		return 1, "waiting for another promotion"
+	case ready >= 2 && inService+2 <= limit:
+		return 1, "waiting for another promotion"
+	default:
+		return 0, fmt.Sprintf("keeping an odd number of voters (%d voting): promoted together with a second healthy non-voter", inService)
+	}
 }
 
 // removalBlocked says why removing srv would be unsafe now ("" if it is

@@ -274,8 +274,16 @@ func TestMembership_Grow3To7AndShrinkWithLeave(t *testing.T) {
 
 func TestMembership_DeadVoterIsReplaced(t *testing.T) {
 	c := newMemberCluster(t, 3)
-	c.add(0) // n4: becomes a voter (4 < MaxVoters 5)
-	c.waitConfig(ids(1, 4), nil, 20*time.Second)
+	c.add(0) // n4: stays a non-voter, so that the voters stay odd
+	c.waitConfig(ids(1, 3), ids(4, 4), 20*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for why := ""; !strings.Contains(why, "odd number of voters"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("NotPromoted[n4] = %q", why)
+		}
+		time.Sleep(20 * time.Millisecond)
+		why = c.nodes[c.waitLeader()].Stats().NotPromoted["n4"]
+	}
 	// A 5-voter cluster with a non-voter spare.
 	c.add(0)
 	c.add(0)

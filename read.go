@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/transport"
 )
 
 // Pair is a key and its value, as List returns them.
@@ -132,7 +133,7 @@ func (s *Store) linearize(ctx context.Context) error {
 	var last error
 	for b := newBackoff(); ; {
 		if err := ctx.Err(); err != nil {
-			return s.giveUp(err, last)
+			return s.readGiveUp(err, last)
 		}
 		if err := s.usable(); err != nil {
 			return err
@@ -151,10 +152,63 @@ func (s *Store) linearize(ctx context.Context) error {
 		}
 		last = err
 		if err := b.wait(ctx, s.ctx.Done()); err != nil {
-			return s.giveUp(err, last)
+			return s.readGiveUp(err, last)
 		}
 	}
 }
+
+// readGiveUp is the error of a linearizable read that ran out of time
+// before a leader confirmed a read index: it wraps ctxErr and ErrNoLeader,
+// and says why the last attempt failed.
+func (s *Store) readGiveUp(ctxErr, last error) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if last == nil || last == ErrNoLeader || last == errNotLeader {
+		return fmt.Errorf("kv: read not confirmed by a leader: %w (%w)", ctxErr, ErrNoLeader)
+	}
+	if errors.Is(last, ErrNoLeader) {
+		return fmt.Errorf("kv: read not confirmed by a leader: %w (%w)", ctxErr, last)
+	}
+	return fmt.Errorf("kv: read not confirmed by a leader: %w (%w: %v)", ctxErr, ErrNoLeader, last)
+}
+
+// readRPCErr is the error of a read index request to the leader at addr
+// that failed. A request lost on the way leaves nothing unknown, unlike a
+// write's: the next attempt asks whoever leads then.
+func readRPCErr(addr string, err error) error {
+	out, _ := fromWire(err)
+	if !errors.Is(out, ErrOutcomeUnknown) {
+		return out
+	}
+	cause := err.Error()
+	var re *transport.Error
+	if errors.As(err, &re) {
+		cause = re.Msg
+	}
+	return fmt.Errorf("%w: leader %s did not confirm the read: %s", ErrNoLeader, addr, cause)
+}
+
+// verifyErr words the failure of a leadership check for the reads that
+// wait on it: nothing was written, and the read goes to whoever leads next.
+func verifyErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	return unconfirmed{err}
+}
+
+// unconfirmed is errNotLeader for a leader that a majority did not confirm.
+type unconfirmed struct{ cause error }
+
+func (e unconfirmed) Error() string {
+	return fmt.Sprintf("a majority did not confirm this member's leadership (%v)", e.cause)
+}
+
+func (e unconfirmed) Is(target error) bool { return target == errNotLeader }
 
 func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 	if s.raft.State() == raft.Leader {
@@ -174,8 +228,7 @@ func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 		if ctx.Err() == nil && actx.Err() != nil {
 			return 0, fmt.Errorf("%w: leader %s did not answer in time", ErrNoLeader, addr)
 		}
-		err, _ = fromWire(err)
-		return 0, err
+		return 0, readRPCErr(addr, err)
 	}
 	if len(body) != 8 {
 		return 0, fmt.Errorf("kv: read index reply of %d bytes", len(body))
@@ -255,7 +308,7 @@ func (s *Store) runVerify() {
 		if s.isClosed() {
 			r.err = ErrClosed
 		} else {
-			r.err = translateRaftErr(s.raft.VerifyLeader().Error())
+			r.err = verifyErr(s.raft.VerifyLeader().Error())
 		}
 		close(r.done)
 	}

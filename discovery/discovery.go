@@ -11,6 +11,7 @@
 package discovery
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -100,13 +101,14 @@ type Pool struct {
 	addr   string // advertised gossip address, fixed at Start
 	name   string
 
-	mu      sync.Mutex
-	meta    []byte
-	cluster string            // our ClusterID, from meta
-	refusal error             // the last merge refused for a cluster mismatch
-	members map[string]*entry // by gossip name
-	seq     uint64
-	changed chan struct{} // closed and replaced on every change
+	mu       sync.Mutex
+	meta     []byte
+	cluster  string            // our ClusterID, from meta
+	refusal  error             // the last merge refused for a cluster mismatch
+	joinWarn time.Time         // when a failed join was last logged at Warn
+	members  map[string]*entry // by gossip name
+	seq      uint64
+	changed  chan struct{} // closed and replaced on every change
 }
 
 type entry struct {
@@ -210,6 +212,10 @@ func splitHostPort(hp string) (string, int, error) {
 	return host, port, nil
 }
 
+// joinWarnEvery is how often a failed join is logged at Warn; the failures
+// in between are logged at Debug.
+const joinWarnEvery = 30 * time.Second
+
 // Join contacts seeds; it returns how many answered. Errors are logged.
 func (p *Pool) Join(seeds []string) int {
 	n, _ := p.JoinErr(seeds)
@@ -227,7 +233,15 @@ func (p *Pool) JoinErr(seeds []string) (int, error) {
 	p.mu.Unlock()
 	n, err := p.ml.Join(seeds)
 	if err != nil {
-		p.logger.Warn("gossip join failed", "seeds", seeds, "contacted", n, "error", err)
+		// Callers retry every few seconds while the seeds are down: warn
+		// now and then, not at every attempt.
+		level := slog.LevelDebug
+		p.mu.Lock()
+		if time.Since(p.joinWarn) >= joinWarnEvery {
+			p.joinWarn, level = time.Now(), slog.LevelWarn
+		}
+		p.mu.Unlock()
+		p.logger.Log(context.Background(), level, "gossip join failed", "seeds", seeds, "contacted", n, "error", err)
 	}
 	if n == 0 {
 		p.mu.Lock()

@@ -5,8 +5,11 @@
 // implementation of that interface backed by slog. hashicorp/memberlist logs
 // through a standard library [*log.Logger] with "[LEVEL]" tags embedded in
 // the text; [StdLog] returns such a logger whose lines are parsed and re-emitted
-// as slog records at the matching level. [Discard] returns a logger that drops
-// everything, for tests and for callers that do not want any output.
+// as slog records at the matching level. Both lower the level of lines that
+// report what a healthy cluster meets (a peer down, a vote refused, a
+// connection closed at shutdown) so that errors are left for errors; see
+// levels.go. [Discard] returns a logger that drops everything, for tests
+// and for callers that do not want any output.
 package logging
 
 import (
@@ -64,7 +67,7 @@ func HCLog(l *slog.Logger, name string) hclog.Logger {
 	}
 	level := new(atomic.Int32)
 	level.Store(int32(hclog.Info))
-	return newHCLogger(l, name, nil, level)
+	return newHCLogger(l, name, nil, level, newTamer())
 }
 
 // hcLogger implements hclog.Logger on top of slog. All fields are immutable
@@ -75,11 +78,12 @@ type hcLogger struct {
 	name    string        // hclog name, recorded as the component attribute
 	implied []any         // normalised With arguments: string key, value, ...
 	level   *atomic.Int32 // minimum hclog.Level, shared with derived loggers
+	tame    *tamer        // levels of expected conditions, shared likewise
 }
 
 var _ hclog.Logger = (*hcLogger)(nil)
 
-func newHCLogger(base *slog.Logger, name string, implied []any, level *atomic.Int32) *hcLogger {
+func newHCLogger(base *slog.Logger, name string, implied []any, level *atomic.Int32, tame *tamer) *hcLogger {
 	lg := base
 	if name != "" {
 		lg = lg.With(slog.String(ComponentKey, name))
@@ -91,7 +95,7 @@ func newHCLogger(base *slog.Logger, name string, implied []any, level *atomic.In
 		}
 		lg = lg.With(attrs...)
 	}
-	return &hcLogger{base: base, logger: lg, name: name, implied: implied, level: level}
+	return &hcLogger{base: base, logger: lg, name: name, implied: implied, level: level, tame: tame}
 }
 
 // Log emits msg with the key/value pairs args at the given hclog level.
@@ -120,6 +124,15 @@ func (h *hcLogger) log(level hclog.Level, msg string, args []any) {
 	sl, ok := h.enabled(level)
 	if !ok {
 		return
+	}
+	if sl >= slog.LevelWarn {
+		// Reports of expected conditions are lowered (levels.go).
+		if tamed := h.tame.hclog(sl, msg, args); tamed != sl {
+			if !h.logger.Enabled(context.Background(), tamed) {
+				return
+			}
+			sl = tamed
+		}
 	}
 	h.emit(sl, msg, args, callerPC(2))
 }
@@ -191,7 +204,7 @@ func (h *hcLogger) With(args ...any) hclog.Logger {
 		}
 		implied = append(implied, key, val)
 	})
-	return newHCLogger(h.base, h.name, implied, h.level)
+	return newHCLogger(h.base, h.name, implied, h.level, h.tame)
 }
 
 // Name returns the logger's name, which is also its component attribute.
@@ -203,13 +216,13 @@ func (h *hcLogger) Named(name string) hclog.Logger {
 	if h.name != "" {
 		name = h.name + "." + name
 	}
-	return newHCLogger(h.base, name, h.implied, h.level)
+	return newHCLogger(h.base, name, h.implied, h.level, h.tame)
 }
 
 // ResetNamed returns a logger whose name is name, ignoring the current name.
 // An empty name removes the component attribute.
 func (h *hcLogger) ResetNamed(name string) hclog.Logger {
-	return newHCLogger(h.base, name, h.implied, h.level)
+	return newHCLogger(h.base, name, h.implied, h.level, h.tame)
 }
 
 // SetLevel changes the minimum level of this logger and of every logger it
@@ -299,11 +312,12 @@ func StdLog(l *slog.Logger, name string) *log.Logger {
 	if name != "" {
 		l = l.With(slog.String(ComponentKey, name))
 	}
-	return log.New(&stdWriter{h: l.Handler()}, "", 0)
+	return log.New(&stdWriter{h: l.Handler(), tame: newTamer()}, "", 0)
 }
 
 type stdWriter struct {
-	h slog.Handler
+	h    slog.Handler
+	tame *tamer
 }
 
 // Write logs p as one record. It reports len(p) bytes written and the
@@ -312,6 +326,9 @@ func (w *stdWriter) Write(p []byte) (int, error) {
 	line := trimTimestamp(bytes.TrimRight(p, " \t\r\n"))
 	level, line, _ := parseLevel(line)
 	sl := slogLevel(level)
+	if sl >= slog.LevelWarn {
+		sl = w.tame.line(sl, line)
+	}
 	ctx := context.Background()
 	if !w.h.Enabled(ctx, sl) {
 		return len(p), nil
