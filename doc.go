@@ -120,9 +120,8 @@
 //
 // The leader keeps the Raft configuration in step with gossip. A member that
 // joins is added as a non-voter and promoted to voter once it has been alive
-// and caught up for StabilizationTime, while fewer than MaxVoters vote, so
-// n healthy members have min(n, MaxVoters) voters, even n included (see
-// Config.MaxVoters). A
+// and caught up for StabilizationTime, keeping the number of voters odd and
+// at most MaxVoters (3 or 4 members have 3 voters; see Config.MaxVoters). A
 // member that called Leave is removed at once; one that gossip has reported
 // dead for DeadMemberTimeout is removed then, but only while the alive
 // voters keep a majority before and after the change (a leader cut off on a

@@ -428,8 +428,9 @@ func ExampleStore_Restore() {
 // Members merges the Raft configuration with what gossip knows. Here a
 // second instance joins a cluster whose MaxVoters is 1, so the leader adds
 // it as a non-voter and never promotes it: it replicates the data and
-// serves reads, but does not vote. (With the default MaxVoters, 5, it
-// would be promoted after StabilizationTime.)
+// serves reads, but does not vote. (With the default MaxVoters, 5, it would
+// stay a non-voter too, so that the number of voters stays odd, until a
+// third member is ready to be promoted with it.)
 func ExampleStore_Members() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -28,7 +28,8 @@ const (
 	// DefaultMaxValueSize is the longest value accepted, in bytes: 1 MiB.
 	DefaultMaxValueSize = 1 << 20
 	// DefaultMaxVoters is how many members vote at most: 5, which tolerates
-	// two failures. Members beyond it replicate as non-voters.
+	// two failures. Members beyond it replicate as non-voters, and so does
+	// a member whose promotion would make the number of voters even.
 	DefaultMaxVoters = 5
 	// DefaultHeartbeatTimeout is how long a follower goes without hearing
 	// from the leader before it starts an election: 1 s (raft randomizes it
@@ -152,17 +153,20 @@ type Config struct {
 	// MaxVoters is how many members vote at most. Default DefaultMaxVoters
 	// (5). The members that bootstrap the cluster all start as voters; a
 	// member that joins later is added as a non-voter, and the leader
-	// promotes it once it has caught up for StabilizationTime while fewer
-	// than MaxVoters voters are in service (a voter dead for
-	// DeadMemberTimeout is not). Parity is not considered: a cluster of n
-	// healthy members has min(n, MaxVoters) voters, so 4 members have 4
-	// voters, which, like 3, tolerate one failure. Members beyond it
-	// replicate and serve reads as non-voters, and take the place of a
-	// voter that dies or leaves. Voters are never demoted. More voters
-	// tolerate more failures, but every write waits for a majority of them:
-	// 3 or 5 suit most clusters, and MaxVoters 3 keeps 3 voters in a
-	// cluster of 4. Set the same value on every member: whichever leads
-	// applies its own. See docs/operations.md, "How many voters".
+	// promotes it once it has caught up for StabilizationTime, keeping the
+	// number of voters in service (a voter dead for DeadMemberTimeout is
+	// not) odd and at most MaxVoters, rounded down to odd: an even number
+	// tolerates no more failures than one fewer, and every write would wait
+	// for one more member. So 2 healthy members have 1 voter, 3 or 4 have
+	// 3, and 5 or more have 5; when two non-voters are ready together they
+	// are promoted one after the other. Members beyond it replicate and
+	// serve reads as non-voters, and take the place of a voter that dies or
+	// leaves. Voters are never demoted, so a cluster that bootstrapped with
+	// an even BootstrapExpect, or that lost a voter with no non-voter to
+	// promote, keeps an even count. More voters tolerate more failures, but
+	// every write waits for a majority of them: 3 or 5 suit most clusters.
+	// Set the same value on every member: whichever leads applies its own.
+	// See docs/operations.md, "How many voters".
 	MaxVoters int
 	// DeadMemberTimeout is how long gossip must report a member dead before
 	// the leader removes it from the Raft configuration (only while the rest
