@@ -29,17 +29,18 @@ const (
 // (unknown paths and wrong methods too), is JSON.
 type api struct {
 	store   *kv.Store
+	stats   func() kv.Stats // store.Stats; tests replace it
 	timeout time.Duration
 	mux     *http.ServeMux
 }
 
 func newAPI(store *kv.Store, timeout time.Duration) *api {
-	a := &api{store: store, timeout: timeout, mux: http.NewServeMux()}
+	a := &api{store: store, stats: store.Stats, timeout: timeout, mux: http.NewServeMux()}
 	a.mux.HandleFunc("POST /api/set", a.set)
 	a.mux.HandleFunc("GET /api/get", a.get)
 	a.mux.HandleFunc("GET /api/list", a.list)
 	a.mux.HandleFunc("DELETE /api/delete", a.del)
-	a.mux.HandleFunc("GET /api/stats", a.stats)
+	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
 	a.mux.HandleFunc("GET /health", a.health)
 	return a
 }
@@ -123,7 +124,7 @@ func (a *api) status(err error) int {
 		// or a deadline after it was sent wraps them too.
 		return http.StatusGatewayTimeout
 	case errors.Is(err, kv.ErrDiskFull):
-		if a.store.Stats().Halted != "" {
+		if a.stats().Halted != "" {
 			// This member halted: another one can answer.
 			return http.StatusServiceUnavailable
 		}
@@ -138,7 +139,7 @@ func (a *api) status(err error) int {
 		// leader wraps both.
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
-		if a.store.Stats().Leader == "" {
+		if a.stats().Leader == "" {
 			return http.StatusServiceUnavailable
 		}
 		return http.StatusGatewayTimeout
@@ -291,8 +292,8 @@ func (a *api) del(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
 }
 
-func (a *api) stats(w http.ResponseWriter, r *http.Request) {
-	st := a.store.Stats()
+func (a *api) statsHandler(w http.ResponseWriter, r *http.Request) {
+	st := a.stats()
 	type member struct {
 		ID     string `json:"id"`
 		Addr   string `json:"addr"`
@@ -323,7 +324,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 const healthMaxLag = 256
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
-	st := a.store.Stats()
+	st := a.stats()
 	switch {
 	case st.Halted != "":
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": st.Halted})

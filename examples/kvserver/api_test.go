@@ -220,35 +220,42 @@ func TestStatus_OfLibraryErrors(t *testing.T) {
 	if st := leaderless.store.Stats(); st.Leader != "" {
 		t.Fatalf("a member expecting 2 voters, alone, knows leader %q", st.Leader)
 	}
+	// A member that halted (its Stats say so; halting a real one needs a
+	// failing disk).
+	halted := newAPI(led.store, time.Second)
+	halted.stats = func() kv.Stats {
+		return kv.Stats{NodeID: "halted", State: kv.StateShutdown, Halted: "kv: member halted: no space left on device"}
+	}
 	deadlineNoLeader := fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, kv.ErrNoLeader)
 	for _, c := range []struct {
-		err        error
-		led, alone int
-		unknown    bool
+		err                error
+		led, alone, halted int
+		unknown            bool
 	}{
-		{kv.ErrNotFound, 404, 404, false},
-		{kv.ErrEmptyKey, 400, 400, false},
-		{fmt.Errorf("%w: 5000 bytes", kv.ErrKeyTooLarge), 400, 400, false},
-		{kv.ErrValueTooLarge, 400, 400, false},
-		{kv.ErrNoLeader, 503, 503, false},
-		{deadlineNoLeader, 503, 503, false},
-		{kv.ErrClosed, 503, 503, false},
-		{fmt.Errorf("kv: member halted: %w", kv.ErrCorrupt), 503, 503, false},
-		{fmt.Errorf("kv: %w", kv.ErrDiskFull), 507, 507, false},
+		{kv.ErrNotFound, 404, 404, 404, false},
+		{kv.ErrEmptyKey, 400, 400, 400, false},
+		{fmt.Errorf("%w: 5000 bytes", kv.ErrKeyTooLarge), 400, 400, 400, false},
+		{kv.ErrValueTooLarge, 400, 400, 400, false},
+		{kv.ErrNoLeader, 503, 503, 503, false},
+		{deadlineNoLeader, 503, 503, 503, false},
+		{kv.ErrClosed, 503, 503, 503, false},
+		{fmt.Errorf("kv: member halted: %w", kv.ErrCorrupt), 503, 503, 503, false},
+		// A full disk: 507, unless this member halted for it.
+		{fmt.Errorf("kv: %w", kv.ErrDiskFull), 507, 507, 503, false},
 		// A deadline alone: 504 while a leader is known, else 503.
-		{fmt.Errorf("kv: %w", context.DeadlineExceeded), 504, 503, false},
-		{fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, kv.ErrOutcomeUnknown), 504, 504, true},
-		{fmt.Errorf("wrapped: %w", kv.ErrLeadershipLost), 504, 504, true},
-		{fmt.Errorf("%w with the write in flight (%w)", kv.ErrClosed, kv.ErrOutcomeUnknown), 504, 504, true},
-		{fmt.Errorf("%w: leader: full: %w", kv.ErrOutcomeUnknown, kv.ErrDiskFull), 504, 504, true},
+		{fmt.Errorf("kv: %w", context.DeadlineExceeded), 504, 503, 503, false},
+		{fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, kv.ErrOutcomeUnknown), 504, 504, 504, true},
+		{fmt.Errorf("wrapped: %w", kv.ErrLeadershipLost), 504, 504, 504, true},
+		{fmt.Errorf("%w with the write in flight (%w)", kv.ErrClosed, kv.ErrOutcomeUnknown), 504, 504, 504, true},
+		{fmt.Errorf("%w: leader: full: %w", kv.ErrOutcomeUnknown, kv.ErrDiskFull), 504, 504, 504, true},
 	} {
 		for _, a := range []struct {
 			api  *api
 			want int
-		}{{led, c.led}, {leaderless, c.alone}} {
+		}{{led, c.led}, {leaderless, c.alone}, {halted, c.halted}} {
 			rec := httptest.NewRecorder()
 			a.api.fail(rec, c.err)
-			what := fmt.Sprintf("%v (on %s)", c.err, a.api.store.Stats().NodeID)
+			what := fmt.Sprintf("%v (on %s)", c.err, a.api.stats().NodeID)
 			if rec.Code != a.want {
 				t.Errorf("%s: status %d, want %d", what, rec.Code, a.want)
 			}

@@ -33,8 +33,8 @@ func TestDeploymentFilesUseKnownVariables(t *testing.T) {
 		}
 	}
 	for f, probe := range map[string]string{
-		"Dockerfile":         `HEALTHCHECK [^\n]*(\\\n[^\n]*)?CMD \["/kvserver", "health"`,
-		"docker-compose.yml": `healthcheck:\n\s+test: \["CMD", "/kvserver", "health"`,
+		"Dockerfile":         `(?m)^HEALTHCHECK [^\n]*(\\\n[^\n]*)?CMD \["/kvserver", "health"`,
+		"docker-compose.yml": `(?m)^  healthcheck:\n\s+test: \["CMD", "/kvserver", "health"`,
 	} {
 		b, err := os.ReadFile(f)
 		if err != nil {

@@ -128,7 +128,9 @@ func TestRunLocal_StopOne_LeavesOthers(t *testing.T) {
 	if err := other.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	otherDone := make(chan struct{})
+	go func() { other.Wait(); close(otherDone) }()
+	t.Cleanup(func() { other.Process.Kill(); <-otherDone })
 	os.WriteFile(filepath.Join(dir, "node3.pid"), []byte(fmt.Sprint(other.Process.Pid)), 0o644)
 
 	runLocal(t, dir, nil, "stop", "2")
@@ -139,8 +141,10 @@ func TestRunLocal_StopOne_LeavesOthers(t *testing.T) {
 	default:
 	}
 	runLocal(t, dir, nil, "stop", "3")
-	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
-		t.Fatalf("stop 3 signalled a process that is not a kvserver: %v", err)
+	select {
+	case <-otherDone:
+		t.Fatal("stop 3 stopped a process that is not a kvserver")
+	case <-time.After(500 * time.Millisecond):
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node3.pid")); !os.IsNotExist(err) {
 		t.Errorf("stale node3.pid left (%v)", err)
