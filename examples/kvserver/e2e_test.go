@@ -2,37 +2,31 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	kv "github.com/cohortkv/kv"
 )
 
 // The README's tour, as a user would run it: three kvserver processes on
 // 127.0.0.1; write, read from another node, kill -9 the leader, keep
-// writing, restart it, see it catch up.
+// writing, restart it, see it catch up. Then two stop, and the third
+// answers 503 (no leader) once its KV_TIMEOUT has passed.
 func TestE2E_Tour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs three processes")
 	}
+	const requestTimeout = 2 * time.Second
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "kvserver")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildKVServer(t)
 	ports := freePorts(t, 9)
 	type node struct {
 		args []string
@@ -69,6 +63,8 @@ func TestE2E_Tour(t *testing.T) {
 		}
 		n.log = f
 		n.cmd = exec.Command(bin, n.args...)
+		// The request timeout comes from the environment.
+		n.cmd.Env = append(os.Environ(), "KV_TIMEOUT="+requestTimeout.String())
 		n.cmd.Stdout, n.cmd.Stderr = f, f
 		if err := n.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -195,8 +191,13 @@ func TestE2E_Tour(t *testing.T) {
 		t.Fatalf("stats after the tour: %v", st)
 	}
 
-	// 6. SIGTERM: every process stops cleanly.
-	for i, n := range nodes {
+	// 6. SIGTERM: every process stops cleanly. After two have stopped the
+	// third has no majority: once it knows no leader, writes and
+	// linearizable reads answer 503 after the request timeout, and stale
+	// reads still answer.
+	stopNode := func(i int) {
+		t.Helper()
+		n := nodes[i]
 		n.cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- n.cmd.Wait() }()
@@ -209,6 +210,39 @@ func TestE2E_Tour(t *testing.T) {
 			t.Errorf("node%d did not stop within 40 s of SIGTERM", i+1)
 		}
 	}
+	last := other
+	for i := range nodes {
+		if i != last {
+			stopNode(i)
+		}
+	}
+	waitFor("the last node to know no leader", 30*time.Second, func() bool {
+		code, out := call("GET", nodes[last].http, "/health", nil)
+		return code == 503 && out["reason"] == "no leader known"
+	})
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{"POST", "/api/set", map[string]string{"key": "no-majority", "value": "x"}},
+		{"GET", "/api/get?key=after-kill/1", nil},
+		{"GET", "/api/list?prefix=after-kill/", nil},
+		{"DELETE", "/api/delete?key=after-kill/1", nil},
+	} {
+		began := time.Now()
+		code, out := call(c.method, nodes[last].http, c.path, c.body)
+		took := time.Since(began)
+		if msg, _ := out["error"].(string); code != 503 || msg == "" {
+			t.Errorf("%s %s with no leader: %d %v, want 503 and a JSON error", c.method, c.path, code, out)
+		}
+		if took < requestTimeout-100*time.Millisecond || took > requestTimeout+3*time.Second {
+			t.Errorf("%s %s with no leader answered after %v, want about KV_TIMEOUT=%v", c.method, c.path, took, requestTimeout)
+		}
+	}
+	if code, out := call("GET", nodes[last].http, "/api/get?key=after-kill/1&stale=true", nil); code != 200 || out["value"] != "1" {
+		t.Errorf("stale read with no leader: %d %v", code, out)
+	}
+	stopNode(last)
 }
 
 func freePorts(t *testing.T, n int) []int {
@@ -234,82 +268,4 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
-}
-
-func TestFlags(t *testing.T) {
-	t.Setenv("KV_NODE_ID", "from-env")
-	t.Setenv("KV_JOIN", "127.0.0.1:1, 127.0.0.1:2")
-	o, err := parseFlags([]string{"-in-memory", "-bootstrap-expect", "3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := o.config(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.NodeID != "from-env" || len(cfg.Join) != 2 || cfg.Join[1] != "127.0.0.1:2" || cfg.BootstrapExpect != 3 || !cfg.InMemory {
-		t.Fatalf("config from env and flags: %+v", cfg)
-	}
-	o, err = parseFlags([]string{"-node-id", "flag-wins", "-data-dir", t.TempDir()})
-	if err != nil || o.nodeID != "flag-wins" {
-		t.Fatalf("flag over env: %+v %v", o, err)
-	}
-	t.Setenv("KV_NODE_ID", "")
-	if _, err := parseFlags([]string{"-in-memory"}); err == nil {
-		t.Fatal("missing node ID accepted")
-	}
-	if _, err := parseFlags([]string{"-node-id", "x"}); err == nil {
-		t.Fatal("missing data dir accepted")
-	}
-	o, _ = parseFlags([]string{"-node-id", "x", "-in-memory", "-gossip-key", "zz"})
-	if _, err := o.config(nil); err == nil {
-		t.Fatal("bad gossip key accepted")
-	}
-}
-
-func TestErrorStatuses(t *testing.T) {
-	for err, want := range map[error]int{
-		kv.ErrNotFound:           404,
-		kv.ErrEmptyKey:           400,
-		kv.ErrKeyTooLarge:        400,
-		kv.ErrValueTooLarge:      400,
-		kv.ErrNoLeader:           503,
-		kv.ErrClosed:             503,
-		context.DeadlineExceeded: 504,
-		fmt.Errorf("wrapped: %w", kv.ErrLeadershipLost): 504,
-	} {
-		rec := httptest.NewRecorder()
-		fail(rec, err)
-		if rec.Code != want {
-			t.Errorf("%v: status %d, want %d", err, rec.Code, want)
-		}
-		var body map[string]string
-		if json.Unmarshal(rec.Body.Bytes(), &body) != nil || body["error"] == "" {
-			t.Errorf("%v: body %q is not a JSON error", err, rec.Body.String())
-		}
-	}
-}
-
-// The deployment files only set environment variables kvserver reads.
-func TestDeploymentFilesUseKnownVariables(t *testing.T) {
-	src, err := os.ReadFile("main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`KV_[A-Z_]+`)
-	known := map[string]bool{}
-	for _, m := range re.FindAllString(string(src), -1) {
-		known[m] = true
-	}
-	for _, f := range []string{"Dockerfile", "docker-compose.yml", "kubernetes.yaml", "run-local.sh"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllString(string(b), -1) {
-			if !known[m] && m != "KV_LOCAL_DIR" {
-				t.Errorf("%s sets %s, which kvserver does not read", f, m)
-			}
-		}
-	}
 }

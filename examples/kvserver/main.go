@@ -7,19 +7,29 @@
 //	    -join 127.0.0.1:7102,127.0.0.1:7103
 //
 // Every flag can also be set by an environment variable (KV_NODE_ID,
-// KV_JOIN, ...); flags win. -h lists them.
+// KV_JOIN, ...); flags win. A value that does not parse, in a flag or a
+// variable, stops kvserver at startup. -h lists them.
+//
+//	kvserver health [-http host:port] [-timeout 5s]
+//
+// probes the /health endpoint of the kvserver at -http (KV_HTTP; an
+// unspecified host such as 0.0.0.0 means this machine) and exits 0 when
+// it is healthy, 1 otherwise: a container healthcheck without curl.
 //
 // HTTP API:
 //
 //	POST   /api/set              {"key":"k","value":"v"}        -> {"success":true}
 //	GET    /api/get?key=k[&stale=true]                          -> {"key":"k","value":"v","found":true}
-//	GET    /api/list?prefix=p&limit=n&after=k[&stale=true]      -> {"pairs":[{"key":"k","value":"v"}]}
+//	GET    /api/list?prefix=p&limit=n&after=k[&stale=true]      -> {"pairs":[{"key":"k","value":"v"}],"more":true,"next":"k"}
 //	DELETE /api/delete?key=k                                    -> {"success":true}
 //	GET    /api/stats                                           -> state, leader, term, commit_index, applied_index, members
 //	GET    /health                                              -> 200 when a leader is known and this instance is caught up, else 503
 //
-// Errors are JSON {"error":"..."} with 400 (bad input), 404 (absent key),
-// 503 (no leader, closed), 504 (timeout).
+// Errors are JSON {"error":"..."}: 400 bad input, 404 absent key or no such
+// endpoint, 405 wrong method, 413 body too large, 503 not done and safe to
+// retry (no leader, shutting down, this member halted), 504 time ran out
+// with a leader known, or a write whose outcome is unknown
+// ("outcome_unknown":true), 507 disk full. README.md has the details.
 package main
 
 import (
@@ -27,15 +37,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,57 +61,113 @@ type options struct {
 	tlsCert, tlsKey, tlsCA, gossipKey                                         string
 }
 
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
+// envVars names the environment variable of each flag that has one.
+var envVars = map[string]string{
+	"node-id":           "KV_NODE_ID",
+	"data-dir":          "KV_DATA_DIR",
+	"in-memory":         "KV_IN_MEMORY",
+	"bind":              "KV_BIND",
+	"advertise":         "KV_ADVERTISE",
+	"gossip":            "KV_GOSSIP",
+	"gossip-advertise":  "KV_GOSSIP_ADVERTISE",
+	"join":              "KV_JOIN",
+	"bootstrap-expect":  "KV_BOOTSTRAP_EXPECT",
+	"http":              "KV_HTTP",
+	"leave-on-shutdown": "KV_LEAVE_ON_SHUTDOWN",
+	"timeout":           "KV_TIMEOUT",
+	"tls-cert":          "KV_TLS_CERT",
+	"tls-key":           "KV_TLS_KEY",
+	"tls-ca":            "KV_TLS_CA",
+	"gossip-key":        "KV_GOSSIP_KEY",
+	"v":                 "KV_VERBOSE",
 }
 
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
+// fromEnv sets each flag of fs named in vars from its environment variable,
+// when that is set and not empty, through the flag's own parser: a value
+// that does not parse is an error naming the variable. It also adds the
+// variable's name to the flag's usage. Flags parsed afterwards win.
+func fromEnv(fs *flag.FlagSet, vars map[string]string) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name, ok := vars[f.Name]
+		if !ok {
+			return
+		}
+		f.Usage += " (" + name + ")"
+		v := os.Getenv(name)
+		if v == "" || err != nil {
+			return
+		}
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = fmt.Errorf("invalid value %q for %s (-%s): %s", v, name, f.Name, want(f.Value, serr))
+		}
+	})
+	return err
 }
 
-func envBool(name string) bool {
-	v, _ := strconv.ParseBool(os.Getenv(name))
-	return v
+// want says what a flag of v's kind takes, after err from its parser.
+func want(v flag.Value, err error) string {
+	if g, ok := v.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case bool:
+			return "want true or false"
+		case int:
+			return "want a whole number"
+		case time.Duration:
+			return "want a duration such as 500ms, 5s or 1m"
+		}
+	}
+	return err.Error()
 }
 
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("kvserver", flag.ContinueOnError)
-	fs.StringVar(&o.nodeID, "node-id", env("KV_NODE_ID", ""), "this instance's name, stable across restarts (KV_NODE_ID; required)")
-	fs.StringVar(&o.dataDir, "data-dir", env("KV_DATA_DIR", ""), "directory for the Raft log, snapshots and data (KV_DATA_DIR; required unless -in-memory)")
-	fs.BoolVar(&o.inMemory, "in-memory", envBool("KV_IN_MEMORY"), "keep everything in memory; nothing survives a restart (KV_IN_MEMORY)")
-	fs.StringVar(&o.bind, "bind", env("KV_BIND", "127.0.0.1:7000"), "host:port of the Raft + member RPC port (KV_BIND)")
-	fs.StringVar(&o.advertise, "advertise", env("KV_ADVERTISE", ""), "host:port peers dial, if -bind is not reachable as is (KV_ADVERTISE)")
-	fs.StringVar(&o.gossip, "gossip", env("KV_GOSSIP", "127.0.0.1:7946"), "host:port of the gossip port, TCP and UDP (KV_GOSSIP)")
-	fs.StringVar(&o.gossipAdvertise, "gossip-advertise", env("KV_GOSSIP_ADVERTISE", ""), "host:port members gossip to, if -gossip is not reachable as is (KV_GOSSIP_ADVERTISE)")
-	fs.StringVar(&o.join, "join", env("KV_JOIN", ""), "comma-separated gossip addresses (host:port; DNS names resolve) of other members (KV_JOIN)")
-	fs.IntVar(&o.bootstrapExpect, "bootstrap-expect", envInt("KV_BOOTSTRAP_EXPECT", 0), "voters to wait for before the first election; the same on the first members (KV_BOOTSTRAP_EXPECT; 0: 1 without -join)")
-	fs.StringVar(&o.httpAddr, "http", env("KV_HTTP", "127.0.0.1:8000"), "host:port of the HTTP API (KV_HTTP)")
-	fs.BoolVar(&o.leaveOnShutdown, "leave-on-shutdown", envBool("KV_LEAVE_ON_SHUTDOWN"), "on SIGINT/SIGTERM leave the cluster for good instead of a plain stop (KV_LEAVE_ON_SHUTDOWN)")
-	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long one HTTP request may wait for the cluster")
-	fs.StringVar(&o.tlsCert, "tls-cert", env("KV_TLS_CERT", ""), "PEM certificate of this member for mutual TLS between members (KV_TLS_CERT)")
-	fs.StringVar(&o.tlsKey, "tls-key", env("KV_TLS_KEY", ""), "PEM private key for -tls-cert (KV_TLS_KEY)")
-	fs.StringVar(&o.tlsCA, "tls-ca", env("KV_TLS_CA", ""), "PEM CA certificate(s) that members' certificates chain to (KV_TLS_CA)")
-	fs.StringVar(&o.gossipKey, "gossip-key", env("KV_GOSSIP_KEY", ""), "hex key (32, 48 or 64 hex digits) that encrypts gossip (KV_GOSSIP_KEY)")
-	fs.BoolVar(&o.verbose, "v", envBool("KV_VERBOSE"), "log at Debug level (KV_VERBOSE)")
+	fs.StringVar(&o.nodeID, "node-id", "", "this instance's name, stable across restarts; required")
+	fs.StringVar(&o.dataDir, "data-dir", "", "directory for the Raft log, snapshots and data; required unless -in-memory")
+	fs.BoolVar(&o.inMemory, "in-memory", false, "keep everything in memory; nothing survives a restart")
+	fs.StringVar(&o.bind, "bind", "127.0.0.1:7000", "host:port of the Raft + member RPC port")
+	fs.StringVar(&o.advertise, "advertise", "", "host:port peers dial, if -bind is not reachable as is")
+	fs.StringVar(&o.gossip, "gossip", "127.0.0.1:7946", "host:port of the gossip port, TCP and UDP")
+	fs.StringVar(&o.gossipAdvertise, "gossip-advertise", "", "host:port members gossip to, if -gossip is not reachable as is")
+	fs.StringVar(&o.join, "join", "", "comma-separated gossip addresses (host:port; DNS names resolve) of other members")
+	fs.IntVar(&o.bootstrapExpect, "bootstrap-expect", 0, "voters to wait for before the first election; the same on the first members (0: 1 without -join)")
+	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:8000", "host:port of the HTTP API")
+	fs.BoolVar(&o.leaveOnShutdown, "leave-on-shutdown", false, "on SIGINT/SIGTERM leave the cluster for good instead of a plain stop")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long one HTTP request may wait for the cluster (a leader, a majority) before it fails")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate of this member for mutual TLS between members")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for -tls-cert")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA certificate(s) that members' certificates chain to")
+	fs.StringVar(&o.gossipKey, "gossip-key", "", "hex key (32, 48 or 64 hex digits) that encrypts gossip")
+	fs.BoolVar(&o.verbose, "v", false, "log at Debug level")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "kvserver: one cohort/kv instance with a JSON HTTP API.\n\nUsage: kvserver [flags]\n\nFlags (each also read from the environment variable named in parentheses; flags win):\n")
+		fmt.Fprintf(fs.Output(), `kvserver: one cohort/kv instance with a JSON HTTP API.
+
+Usage:
+  kvserver [flags]         run an instance
+  kvserver health [flags]  probe a running instance's /health (kvserver health -h)
+
+Flags (each also read from the environment variable named in parentheses; flags win):
+`)
 		fs.PrintDefaults()
+	}
+	if err := fromEnv(fs, envVars); err != nil {
+		return o, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.nodeID == "" {
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected argument %q (flags only; or: kvserver health)", fs.Arg(0))
+	case o.nodeID == "":
 		return o, errors.New("-node-id (KV_NODE_ID) is required")
-	}
-	if o.dataDir == "" && !o.inMemory {
+	case o.dataDir == "" && !o.inMemory:
 		return o, errors.New("-data-dir (KV_DATA_DIR) is required unless -in-memory")
+	case o.bootstrapExpect < 0:
+		return o, fmt.Errorf("-bootstrap-expect (KV_BOOTSTRAP_EXPECT) %d: want 0 or more", o.bootstrapExpect)
+	case o.timeout <= 0:
+		return o, fmt.Errorf("-timeout (KV_TIMEOUT) %v: want more than 0", o.timeout)
 	}
 	return o, nil
 }
@@ -150,6 +215,9 @@ func (o options) config(logger *slog.Logger) (kv.Config, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "health" {
+		os.Exit(health(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -163,259 +231,60 @@ func main() {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := run(o, logger); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, logger); err != nil {
 		logger.Error("kvserver stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(o options, logger *slog.Logger) error {
+// run serves until ctx ends (SIGINT or SIGTERM), then stops gracefully.
+// It binds the HTTP port before it opens the Store, so that a taken port
+// fails before anything is written to the DataDir, and logs "kvserver
+// ready" once both are up.
+func run(ctx context.Context, o options, logger *slog.Logger) error {
 	cfg, err := o.config(logger)
 	if err != nil {
 		return err
 	}
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
 	store, err := kv.Open(cfg)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	srv := &http.Server{
-		Addr:              o.httpAddr,
 		Handler:           newAPI(store, o.timeout),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.ListenAndServe() }()
-	logger.Info("kvserver ready", "node", o.nodeID, "http", o.httpAddr, "transport", store.Addr(), "gossip", store.GossipAddr())
+	go func() { serveErr <- srv.Serve(ln) }()
+	logger.Info("kvserver ready", "node", o.nodeID, "http", ln.Addr().String(), "transport", store.Addr(), "gossip", store.GossipAddr())
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
 	select {
-	case s := <-sig:
-		logger.Info("shutting down", "signal", s.String(), "leave", o.leaveOnShutdown)
+	case <-ctx.Done():
+		logger.Info("shutting down", "cause", context.Cause(ctx), "leave", o.leaveOnShutdown)
 	case err := <-serveErr:
 		store.Close()
 		return fmt.Errorf("http: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
+	srv.Shutdown(sctx)
 	if o.leaveOnShutdown {
-		if err := store.Leave(ctx); err != nil {
+		if err := store.Leave(sctx); err != nil {
 			logger.Warn("leave failed; closing instead", "error", err)
 		} else {
 			return nil
 		}
 	}
 	return store.Close()
-}
-
-// api serves the HTTP API over one Store.
-type api struct {
-	store   *kv.Store
-	timeout time.Duration
-}
-
-func newAPI(store *kv.Store, timeout time.Duration) http.Handler {
-	a := &api{store: store, timeout: timeout}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/set", a.set)
-	mux.HandleFunc("GET /api/get", a.get)
-	mux.HandleFunc("GET /api/list", a.list)
-	mux.HandleFunc("DELETE /api/delete", a.del)
-	mux.HandleFunc("GET /api/stats", a.stats)
-	mux.HandleFunc("GET /health", a.health)
-	return mux
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// fail maps the library's errors to HTTP statuses.
-func fail(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	switch {
-	case errors.Is(err, kv.ErrNotFound):
-		status = http.StatusNotFound
-	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge):
-		status = http.StatusBadRequest
-	case errors.Is(err, kv.ErrCorrupt):
-		// This instance halted (or a record it holds is damaged): ask
-		// another one.
-		status = http.StatusServiceUnavailable
-	case errors.Is(err, kv.ErrDiskFull):
-		status = http.StatusInsufficientStorage
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, kv.ErrOutcomeUnknown):
-		// ErrOutcomeUnknown: the write may or may not have happened.
-		status = http.StatusGatewayTimeout
-	case errors.Is(err, kv.ErrNoLeader), errors.Is(err, kv.ErrClosed):
-		status = http.StatusServiceUnavailable
-	}
-	writeJSON(w, status, map[string]string{"error": err.Error()})
-}
-
-func badRequest(w http.ResponseWriter, msg string) {
-	writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
-}
-
-func (a *api) ctx(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), a.timeout)
-}
-
-func readOpts(r *http.Request) ([]kv.ReadOption, error) {
-	var opts []kv.ReadOption
-	if s := r.URL.Query().Get("stale"); s != "" {
-		stale, err := strconv.ParseBool(s)
-		if err != nil {
-			return nil, fmt.Errorf("stale=%q: want true or false", s)
-		}
-		if stale {
-			opts = append(opts, kv.Stale())
-		}
-	}
-	return opts, nil
-}
-
-func (a *api) set(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Key   *string `json:"key"`
-		Value *string `json:"value"`
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20))
-	if err := dec.Decode(&req); err != nil {
-		badRequest(w, "body: want JSON {\"key\":\"...\",\"value\":\"...\"}: "+err.Error())
-		return
-	}
-	if req.Key == nil || req.Value == nil {
-		badRequest(w, `body: both "key" and "value" are required`)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.store.Set(ctx, *req.Key, []byte(*req.Value)); err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
-}
-
-func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	key := r.URL.Query().Get("key")
-	opts, err := readOpts(r)
-	if err != nil {
-		badRequest(w, err.Error())
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	v, err := a.store.Get(ctx, key, opts...)
-	if errors.Is(err, kv.ErrNotFound) {
-		writeJSON(w, http.StatusNotFound, map[string]any{"key": key, "found": false, "error": err.Error()})
-		return
-	}
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"key": key, "value": string(v), "found": true})
-}
-
-type pair struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
-}
-
-func (a *api) list(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	opts, err := readOpts(r)
-	if err != nil {
-		badRequest(w, err.Error())
-		return
-	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			badRequest(w, fmt.Sprintf("limit=%q: want a number >= 0", s))
-			return
-		}
-		if n > 0 {
-			opts = append(opts, kv.Limit(n))
-		}
-	}
-	if q.Has("after") {
-		opts = append(opts, kv.After(q.Get("after")))
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	pairs, err := a.store.List(ctx, q.Get("prefix"), opts...)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	out := make([]pair, len(pairs))
-	for i, p := range pairs {
-		out[i] = pair{p.Key, string(p.Value)}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"pairs": out})
-}
-
-func (a *api) del(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.store.Delete(ctx, r.URL.Query().Get("key")); err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
-}
-
-func (a *api) stats(w http.ResponseWriter, r *http.Request) {
-	st := a.store.Stats()
-	type member struct {
-		ID     string `json:"id"`
-		Addr   string `json:"addr"`
-		Gossip string `json:"gossip_addr"`
-		Status string `json:"status"`
-		Voter  bool   `json:"voter"`
-		Leader bool   `json:"leader"`
-	}
-	var members []member
-	for _, m := range a.store.Members() {
-		members = append(members, member{m.ID, m.Addr, m.GossipAddr, fmt.Sprint(m.Status), m.Voter, m.Leader})
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"node_id":             st.NodeID,
-		"state":               fmt.Sprint(st.State),
-		"leader":              st.Leader,
-		"term":                st.Term,
-		"commit_index":        st.CommitIndex,
-		"applied_index":       st.AppliedIndex,
-		"last_snapshot_index": st.LastSnapshotIndex,
-		"cluster_id":          st.ClusterID,
-		"members":             members,
-	})
-}
-
-// healthMaxLag is how many committed entries an instance may still have to
-// apply and be healthy: a few are normal under load.
-const healthMaxLag = 256
-
-func (a *api) health(w http.ResponseWriter, r *http.Request) {
-	st := a.store.Stats()
-	switch {
-	case st.Halted != "":
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": st.Halted})
-	case st.Leader == "":
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": "no leader known"})
-	case st.AppliedIndex+healthMaxLag < st.CommitIndex:
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"healthy": false, "reason": fmt.Sprintf("catching up: applied %d of %d", st.AppliedIndex, st.CommitIndex)})
-	default:
-		writeJSON(w, http.StatusOK, map[string]any{"healthy": true, "leader": st.Leader})
-	}
 }
