@@ -211,10 +211,18 @@ func (s *Store) reconcileOnce() (bool, error) {
 		return true, s.raft.RemoveServer(srv.ID, f.Index(), 10*time.Second).Error()
 	}
 
-	// Promotions.
+	// Promotions. A voter that leaves is out of service at once, like one
+	// dead for DeadMemberTimeout: its removal may wait for a promotion
+	// (removalBlocked), which must not wait for the timeout.
 	inService := voters
 	for _, srv := range servers {
-		if since, dead := deadSince[string(srv.ID)]; dead && srv.Suffrage == raft.Voter && now.Sub(since) >= s.cfg.DeadMemberTimeout {
+		if srv.Suffrage != raft.Voter {
+			continue
+		}
+		id := string(srv.ID)
+		g := gossip[id]
+		leaving := id == self && s.leaving.Load() || id != self && (g.Leaving || g.Status == discovery.StatusLeft)
+		if since, dead := deadSince[id]; leaving || dead && now.Sub(since) >= s.cfg.DeadMemberTimeout {
 			inService--
 		}
 	}

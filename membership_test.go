@@ -445,3 +445,60 @@ func TestMembership_OtherClusterIsRefused(t *testing.T) {
 		t.Fatalf("c reads %q, %v", v, err)
 	}
 }
+
+// A voter that calls Leave is out of service at once: with a non-voter
+// spare ready, the leader promotes the spare and removes the leaver within
+// a few reconcile passes, whatever DeadMemberTimeout says (a voter that
+// leaves is not a voter that might come back).
+func TestMembership_LeaveWithSpare_DoesNotWaitForDeadMemberTimeout(t *testing.T) {
+	c := &cluster{t: t, dir: t.TempDir()}
+	t.Cleanup(c.closeAll)
+	for i := 0; i < 4; i++ {
+		expect := 3
+		if i == 3 {
+			expect = 0 // n4 joins the bootstrapped three as a non-voter
+		}
+		var join []string
+		for _, s := range c.nodes {
+			join = append(join, s.GossipAddr())
+		}
+		cfg := memberConfig(t, c.dir, fmt.Sprintf("n%d", i+1), expect, join)
+		cfg.DeadMemberTimeout = 10 * time.Minute
+		s, err := kv.Open(cfg)
+		if err != nil {
+			t.Fatalf("open n%d: %v", i+1, err)
+		}
+		c.nodes = append(c.nodes, s)
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	c.waitConfig(ids(1, 3), ids(4, 4), 30*time.Second)
+	// n4 is ready, and kept back only to keep the voters odd.
+	deadline := time.Now().Add(10 * time.Second)
+	for why := ""; !strings.Contains(why, "odd number of voters"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("NotPromoted[n4] = %q", why)
+		}
+		time.Sleep(20 * time.Millisecond)
+		why = c.nodes[c.waitLeader()].Stats().NotPromoted["n4"]
+	}
+	var victim int
+	for _, f := range c.followers() {
+		if f < 3 {
+			victim = f
+			break
+		}
+	}
+	ctx := ctxT(t, 20*time.Second)
+	start := time.Now()
+	if err := c.nodes[victim].Leave(ctx); err != nil {
+		t.Fatalf("n%d Leave with a spare ready, after %v: %v", victim+1, time.Since(start).Round(time.Millisecond), err)
+	}
+	c.nodes[victim] = nil
+	var want []string
+	for _, id := range ids(1, 4) {
+		if id != fmt.Sprintf("n%d", victim+1) {
+			want = append(want, id)
+		}
+	}
+	c.waitConfig(want, nil, 10*time.Second)
+}

@@ -154,19 +154,20 @@ type Config struct {
 	// (5). The members that bootstrap the cluster all start as voters; a
 	// member that joins later is added as a non-voter, and the leader
 	// promotes it once it has caught up for StabilizationTime, keeping the
-	// number of voters in service (a voter dead for DeadMemberTimeout is
-	// not) odd and at most MaxVoters, rounded down to odd: an even number
-	// tolerates no more failures than one fewer, and every write would wait
-	// for one more member. So 2 healthy members have 1 voter, 3 or 4 have
-	// 3, and 5 or more have 5; when two non-voters are ready together they
-	// are promoted one after the other. Members beyond it replicate and
-	// serve reads as non-voters, and take the place of a voter that dies or
-	// leaves. Voters are never demoted, so a cluster that bootstrapped with
-	// an even BootstrapExpect, or that lost a voter with no non-voter to
-	// promote, keeps an even count. More voters tolerate more failures, but
-	// every write waits for a majority of them: 3 or 5 suit most clusters.
-	// Set the same value on every member: whichever leads applies its own.
-	// See docs/operations.md, "How many voters".
+	// number of voters in service (a voter dead for DeadMemberTimeout, or
+	// leaving, is not) odd and at most MaxVoters, rounded down to odd: an
+	// even number tolerates no more failures than one fewer, and every
+	// write would wait for one more member. So 2 healthy members have 1
+	// voter, 3 or 4 have 3, and 5 or more have 5; when two non-voters are
+	// ready together they are promoted one after the other. Members beyond
+	// it replicate and serve reads as non-voters, and take the place of a
+	// voter that dies or leaves. Voters are never demoted, so a cluster
+	// that bootstrapped with an even BootstrapExpect, or that lost a voter
+	// with no non-voter to promote, keeps an even count. More voters
+	// tolerate more failures, but every write waits for a majority of them:
+	// 3 or 5 suit most clusters. Set the same value on every member:
+	// whichever leads applies its own. See docs/operations.md, "How many
+	// voters".
 	MaxVoters int
 	// DeadMemberTimeout is how long gossip must report a member dead before
 	// the leader removes it from the Raft configuration (only while the rest
