@@ -260,10 +260,12 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	srv := &http.Server{
 		Handler:           newAPI(store, o.timeout),
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ReadTimeout:       readTimeout,
+		// Counted from the end of the headers: reading the body, waiting
+		// up to -timeout for the cluster, then answering.
+		WriteTimeout: readTimeout + o.timeout + answerTime,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -276,15 +278,34 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		store.Close()
 		return fmt.Errorf("http: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
+	// Requests in flight have -timeout to finish; a client still sending
+	// its body after that is cut off, so that the stop fits the grace
+	// period of an orchestrator (kubernetes.yaml, docker-compose.yml).
+	dctx, cancel := context.WithTimeout(context.Background(), o.timeout+answerTime)
+	err = srv.Shutdown(dctx)
+	cancel()
+	if err != nil {
+		logger.Warn("requests still running after -timeout; closing their connections", "error", err)
+		srv.Close()
+	}
 	if o.leaveOnShutdown {
-		if err := store.Leave(sctx); err != nil {
-			logger.Warn("leave failed; closing instead", "error", err)
-		} else {
+		lctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		err := store.Leave(lctx)
+		cancel()
+		if err == nil {
 			return nil
 		}
+		logger.Warn("leave failed; closing instead", "error", err)
 	}
 	return store.Close()
 }
+
+const (
+	// readTimeout bounds reading one request, body included.
+	readTimeout = 30 * time.Second
+	// answerTime is what a request has, beyond -timeout, to answer.
+	answerTime = 2 * time.Second
+	// leaveTimeout bounds Leave at a stop with -leave-on-shutdown: time
+	// for the leader to promote a non-voter in this member's place first.
+	leaveTimeout = 20 * time.Second
+)

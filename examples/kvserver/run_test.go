@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,5 +108,119 @@ func TestRun_ReadyAfterHTTPBound(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return within 30 s of its ctx ending")
+	}
+}
+
+// startRun runs kvserver with o until the test ends, and returns the bound
+// HTTP address once it is ready, a function that stops it as SIGTERM
+// does, and the channel run's result comes on.
+func startRun(t *testing.T, o options) (addr string, stop func(), done <-chan error) {
+	t.Helper()
+	logs := make(records, 1024)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		ch <- run(ctx, o, slog.New(logs))
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			t.Error("run did not return within 60 s of the test's end")
+		}
+	})
+	deadline := time.After(30 * time.Second)
+	for addr == "" {
+		select {
+		case rec := <-logs:
+			if rec.Message != "kvserver ready" {
+				continue
+			}
+			rec.Attrs(func(a slog.Attr) bool {
+				if a.Key == "http" {
+					addr = a.Value.String()
+				}
+				return true
+			})
+		case err := <-ch:
+			t.Fatalf("run returned before ready: %v", err)
+		case <-deadline:
+			t.Fatal(`no "kvserver ready" within 30 s`)
+		}
+	}
+	return addr, cancel, ch
+}
+
+// A client that sends its body a byte at a time does not hold up a
+// graceful stop: requests in flight get -timeout to finish, then the HTTP
+// server is closed under the rest, so that the process exits well within
+// the grace period of its orchestrator (kubernetes.yaml: 40 s) and a
+// -leave-on-shutdown still has time to leave.
+func TestRun_Shutdown_SlowClientDoesNotHoldItUp(t *testing.T) {
+	o := testOptions(t)
+	o.timeout = time.Second
+	addr, stop, done := startRun(t, o)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("POST /api/set HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")); err != nil {
+		t.Fatal(err)
+	}
+	trickle := make(chan struct{})
+	defer close(trickle)
+	go func() {
+		for i := 0; i < 120; i++ {
+			select {
+			case <-trickle:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // the request is in the handler, reading its body
+	start := time.Now()
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Fatalf("stopped %v after SIGTERM with -timeout %v; want well under 10 s", took.Round(time.Millisecond), o.timeout)
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("run did not return within 45 s of SIGTERM")
+	}
+}
+
+// A request that waits the whole -timeout for a leader gets its answer,
+// 503, however long -timeout is: the HTTP server's write deadline leaves
+// room for it, rather than cutting the connection first.
+func TestRun_LongTimeout_RequestStillAnswered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits more than 30 s")
+	}
+	o := testOptions(t)
+	o.bootstrapExpect = 2 // alone: never a leader
+	o.timeout = 31 * time.Second
+	addr, _, _ := startRun(t, o)
+	client := &http.Client{Timeout: 60 * time.Second}
+	resp, err := client.Get("http://" + addr + "/api/get?key=k")
+	if err != nil {
+		t.Fatalf("GET with -timeout %v and no leader: %v; want a 503 answer", o.timeout, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("GET with no leader: %d %s; want 503", resp.StatusCode, body)
 	}
 }
