@@ -89,3 +89,27 @@ func TestBinary_HealthSubcommand(t *testing.T) {
 		t.Fatalf("kvserver health with nothing listening: %v, want exit status 1\n%s", err, out)
 	}
 }
+
+// A -timeout that is not positive is refused: http.Client takes 0 (and
+// less) for "wait forever", and a probe of a stopped kvserver (SIGSTOP: the
+// kernel still accepts its connections) would then never return.
+func TestHealthCommand_TimeoutMustBePositive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, timeout := range []string{"0", "-1s"} {
+		var stdout, stderr bytes.Buffer
+		done := make(chan int, 1)
+		go func() { done <- health([]string{"-http", ln.Addr().String(), "-timeout", timeout}, &stdout, &stderr) }()
+		select {
+		case code := <-done:
+			if code != 1 || !strings.Contains(stderr.String(), "-timeout") {
+				t.Fatalf("health -timeout %s: exit %d, %q; want 1 and a word about -timeout", timeout, code, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("health -timeout %s against a server that never answers: still waiting after 10 s", timeout)
+		}
+	}
+}

@@ -43,6 +43,11 @@ Flags:
 		fmt.Fprintf(stderr, "kvserver health: unexpected argument %q\n", fs.Arg(0))
 		return 1
 	}
+	if *timeout <= 0 {
+		// http.Client would wait forever.
+		fmt.Fprintf(stderr, "kvserver health: -timeout %v: want more than 0\n", *timeout)
+		return 1
+	}
 	url, err := probeURL(*addr)
 	if err != nil {
 		fmt.Fprintln(stderr, "kvserver health:", err)
