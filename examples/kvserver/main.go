@@ -233,6 +233,12 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// The first signal starts a graceful stop; a second one ends the
+		// process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	if err := run(ctx, o, logger); err != nil {
 		logger.Error("kvserver stopped", "error", err)
 		os.Exit(1)

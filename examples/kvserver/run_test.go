@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -222,5 +225,54 @@ func TestRun_LongTimeout_RequestStillAnswered(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("GET with no leader: %d %s; want 503", resp.StatusCode, body)
+	}
+}
+
+// A second SIGTERM or SIGINT during a graceful stop ends the process at
+// once: the operator who presses Ctrl-C again is not kept waiting for
+// requests in flight.
+func TestBinary_SecondSignal_StopsAtOnce(t *testing.T) {
+	bin := buildKVServer(t)
+	ports := freePorts(t, 3)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-node-id", "n1", "-in-memory",
+		"-bind", fmt.Sprintf("127.0.0.1:%d", ports[0]), "-gossip", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"-http", httpAddr, "-bootstrap-expect", "2", "-timeout", "20s")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	client := &http.Client{Timeout: 2 * time.Second}
+	for i := 0; ; i++ {
+		resp, err := client.Get("http://" + httpAddr + "/health")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("kvserver not answering: %v\n%s", err, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A read that waits its -timeout (20 s) for a leader that never comes.
+	go func() {
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + httpAddr + "/api/get?key=k")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("still running 5 s after a second signal\n%s", out.String())
 	}
 }
