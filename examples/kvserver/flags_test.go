@@ -131,3 +131,22 @@ func TestBinary_BadEnvironmentValue_ExitsNonZero(t *testing.T) {
 		t.Fatalf("the data dir was created (%v): kvserver got as far as kv.Open", err)
 	}
 }
+
+// A -bind on every interface (the image's KV_BIND=0.0.0.0:7000) needs
+// -advertise: peers would otherwise be told to dial 0.0.0.0:7000 (or
+// [::]:7000), which from another container or host reaches their own port,
+// not this member.
+func TestFlags_UnspecifiedBind_NeedsAdvertise(t *testing.T) {
+	for _, bind := range []string{"0.0.0.0:7000", "[::]:7000", ":7000"} {
+		_, err := parseFlags([]string{"-node-id", "x", "-in-memory", "-bind", bind})
+		if err == nil || !strings.Contains(err.Error(), "KV_ADVERTISE") {
+			t.Errorf("-bind %s without -advertise: %v; want an error naming KV_ADVERTISE", bind, err)
+		}
+		if _, err := parseFlags([]string{"-node-id", "x", "-in-memory", "-bind", bind, "-advertise", "10.0.0.1:7000"}); err != nil {
+			t.Errorf("-bind %s -advertise 10.0.0.1:7000: %v", bind, err)
+		}
+	}
+	if _, err := parseFlags([]string{"-node-id", "x", "-in-memory", "-bind", "127.0.0.1:7000"}); err != nil {
+		t.Errorf("-bind 127.0.0.1:7000: %v", err)
+	}
+}

@@ -168,8 +168,21 @@ Flags (each also read from the environment variable named in parentheses; flags 
 		return o, fmt.Errorf("-bootstrap-expect (KV_BOOTSTRAP_EXPECT) %d: want 0 or more", o.bootstrapExpect)
 	case o.timeout <= 0:
 		return o, fmt.Errorf("-timeout (KV_TIMEOUT) %v: want more than 0", o.timeout)
+	case o.advertise == "" && unspecified(o.bind):
+		return o, fmt.Errorf("-bind (KV_BIND) %s listens on every interface: set -advertise (KV_ADVERTISE) to the host:port peers dial, or they would dial their own port", o.bind)
 	}
 	return o, nil
+}
+
+// unspecified says whether hostPort has no host, or 0.0.0.0 or ::, which
+// peers cannot dial.
+func unspecified(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false // kv.Open says what is wrong with it
+	}
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
 }
 
 func (o options) config(logger *slog.Logger) (kv.Config, error) {
