@@ -77,34 +77,56 @@ func decodeCommand(b []byte) (c command, err error) {
 	return c, nil
 }
 
-// A stored value: a version byte, the create and modify revisions (the Raft
-// indexes of the entries that created and last wrote the key), the value.
+// A stored value, as the data file keeps it under its key: a format byte,
+// the key's create and modify revisions (the Raft indexes of the entries
+// that created it and last wrote it), its version (writes since the create,
+// 1 after it), then the value. Integers are 8 bytes big endian.
+//
+// Format 1, written before versions were counted, has no version: it
+// decodes with version 1 when the key's last write created it (create ==
+// mod), which is exact, and 2 otherwise, a lower bound (the key was written
+// at least twice). The next write stores format 2 and counts on from there.
 const (
-	recVersion = 1
-	recHeader  = 17
+	recVersion1 = 1
+	recHeader1  = 17
+	recVersion  = 2
+	recHeader   = 25
 )
 
-func encodeRecord(create, mod uint64, value []byte) []byte {
-	b := make([]byte, recHeader+len(value))
-	b[0] = recVersion
-	binary.BigEndian.PutUint64(b[1:], create)
-	binary.BigEndian.PutUint64(b[9:], mod)
-	copy(b[recHeader:], value)
-	return b
+// encodeRecord appends the record to dst.
+func encodeRecord(dst []byte, create, mod, version uint64, value []byte) []byte {
+	dst = append(dst, recVersion)
+	dst = binary.BigEndian.AppendUint64(dst, create)
+	dst = binary.BigEndian.AppendUint64(dst, mod)
+	dst = binary.BigEndian.AppendUint64(dst, version)
+	return append(dst, value...)
 }
 
 type record struct {
-	create, mod uint64
-	value       []byte // aliases the engine's memory
+	create, mod, version uint64
+	value                []byte // aliases the record
 }
 
 func decodeRecord(b []byte) (record, error) {
-	if len(b) < recHeader || b[0] != recVersion {
-		return record{}, fmt.Errorf("kv: corrupt value record of %d bytes", len(b))
+	switch {
+	case len(b) >= recHeader && b[0] == recVersion:
+		return record{
+			create:  binary.BigEndian.Uint64(b[1:]),
+			mod:     binary.BigEndian.Uint64(b[9:]),
+			version: binary.BigEndian.Uint64(b[17:]),
+			value:   b[recHeader:],
+		}, nil
+	case len(b) >= recHeader1 && b[0] == recVersion1:
+		r := record{
+			create:  binary.BigEndian.Uint64(b[1:]),
+			mod:     binary.BigEndian.Uint64(b[9:]),
+			version: 2,
+			value:   b[recHeader1:],
+		}
+		if r.create == r.mod {
+			r.version = 1
+		}
+		return r, nil
 	}
-	return record{
-		create: binary.BigEndian.Uint64(b[1:]),
-		mod:    binary.BigEndian.Uint64(b[9:]),
-		value:  b[recHeader:],
-	}, nil
+	return record{}, fmt.Errorf("kv: corrupt value record of %d bytes", len(b))
 }

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -132,15 +133,45 @@ func FuzzDecodeCommand(f *testing.F) {
 	})
 }
 
-func TestFSMRecordRoundTrip(t *testing.T) {
-	b := encodeRecord(3, 7, []byte("value"))
+// record1 is a value record of format 1, as versions before revisions
+// counted versions wrote it.
+func record1(create, mod uint64, value string) []byte {
+	b := []byte{recVersion1}
+	b = binary.BigEndian.AppendUint64(b, create)
+	b = binary.BigEndian.AppendUint64(b, mod)
+	return append(b, value...)
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	b := encodeRecord(nil, 3, 7, 4, []byte("value"))
 	r, err := decodeRecord(b)
-	if err != nil || r.create != 3 || r.mod != 7 || string(r.value) != "value" {
+	if err != nil || r.create != 3 || r.mod != 7 || r.version != 4 || string(r.value) != "value" {
 		t.Fatalf("decodeRecord = %+v, %v", r, err)
 	}
-	for _, bad := range [][]byte{nil, b[:recHeader-1], append([]byte{2}, b[1:]...)} {
+	// encodeRecord appends.
+	if b2 := encodeRecord([]byte("x"), 3, 7, 4, []byte("value")); !bytes.Equal(b2[1:], b) {
+		t.Errorf("encodeRecord appended %x, want %x", b2[1:], b)
+	}
+	for _, bad := range [][]byte{nil, b[:recHeader-1], append([]byte{3}, b[1:]...), append([]byte{0}, b[1:]...), record1(1, 1, "")[:recHeader1-1]} {
 		if _, err := decodeRecord(bad); err == nil {
 			t.Errorf("decodeRecord(%x) succeeded", bad)
+		}
+	}
+}
+
+func TestRecordFormat1(t *testing.T) {
+	for _, tc := range []struct {
+		b       []byte
+		want    record
+		comment string
+	}{
+		{record1(5, 5, "v"), record{create: 5, mod: 5, version: 1, value: []byte("v")}, "created by its last write: exactly 1"},
+		{record1(5, 9, "v"), record{create: 5, mod: 9, version: 2, value: []byte("v")}, "written again since: at least 2"},
+		{record1(5, 9, ""), record{create: 5, mod: 9, version: 2, value: []byte{}}, "empty value"},
+	} {
+		r, err := decodeRecord(tc.b)
+		if err != nil || r.create != tc.want.create || r.mod != tc.want.mod || r.version != tc.want.version || !bytes.Equal(r.value, tc.want.value) {
+			t.Errorf("%s: decodeRecord(%x) = %+v, %v; want %+v", tc.comment, tc.b, r, err, tc.want)
 		}
 	}
 }
@@ -148,8 +179,9 @@ func TestFSMRecordRoundTrip(t *testing.T) {
 // FuzzDecodeRecord: a stored value record read back from the data file
 // either decodes to what its bytes say or is refused; it never panics.
 func FuzzDecodeRecord(f *testing.F) {
-	f.Add(encodeRecord(1, 2, []byte("value")))
-	f.Add(encodeRecord(0, 0, nil))
+	f.Add(encodeRecord(nil, 1, 2, 2, []byte("value")))
+	f.Add(encodeRecord(nil, 0, 0, 0, nil))
+	f.Add(record1(1, 2, "value"))
 	f.Add([]byte{})
 	f.Add([]byte{recVersion})
 	f.Add([]byte{9, 0, 0, 0, 0, 0, 0, 0, 1})
@@ -158,7 +190,11 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if again := encodeRecord(r.create, r.mod, r.value); !bytes.Equal(again, b) {
+		again := encodeRecord(nil, r.create, r.mod, r.version, r.value)
+		if b[0] == recVersion1 {
+			again = record1(r.create, r.mod, string(r.value))
+		}
+		if !bytes.Equal(again, b) {
 			t.Fatalf("record %x decodes to %+v, which encodes to %x", b, r, again)
 		}
 	})

@@ -211,17 +211,19 @@ func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 const applyRetryLimit = 10 * time.Second
 
 func applyOps(tx storage.WriteTx, index uint64, ops []op) error {
+	var buf []byte // Put copies: one buffer serves every record
 	for _, o := range ops {
 		key := []byte(o.Key)
 		switch o.Kind {
 		case opSet:
-			create := index
+			create, version := index, uint64(1)
 			if old, ok := tx.Get(key); ok {
 				if r, err := decodeRecord(old); err == nil {
-					create = r.create
+					create, version = r.create, r.version+1
 				}
 			}
-			if err := tx.Put(key, encodeRecord(create, index, o.Value)); err != nil {
+			buf = encodeRecord(buf[:0], create, index, version, o.Value)
+			if err := tx.Put(key, buf); err != nil {
 				return err
 			}
 		case opDelete:

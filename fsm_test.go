@@ -581,3 +581,46 @@ func TestFSMPersistFailureCancelsSink(t *testing.T) {
 		}
 	})
 }
+
+func TestFSMApplyVersions(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		eng := open(t)
+		f := newTestFSM(t, eng)
+		version := func(want uint64) {
+			t.Helper()
+			err := eng.View(func(tx storage.ReadTx) error {
+				b, ok := tx.Get([]byte("k"))
+				if !ok {
+					if want != 0 {
+						t.Errorf("k absent, want version %d", want)
+					}
+					return nil
+				}
+				r, err := decodeRecord(b)
+				if err != nil || r.version != want {
+					t.Errorf("k = %+v, %v; want version %d", r, err, want)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 1, setOp("k", "1"))})
+		version(1)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 2, setOp("k", "2"), setOp("k", "3")), cmdLog(t, 3, setOp("other", "x"))})
+		version(3)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 4, delOp("k"))})
+		version(0)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 5, setOp("k", "again"))})
+		version(1)
+		// A format 1 record counts on from the version it decodes with.
+		if err := eng.Update(6, func(tx storage.WriteTx) error { return tx.Put([]byte("k"), record1(2, 5, "old")) }); err != nil {
+			t.Fatal(err)
+		}
+		version(2)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 7, setOp("k", "new"))})
+		version(3)
+		checkDump(t, eng, fsmPair{"k", "new", 2, 7}, fsmPair{"other", "x", 3, 3})
+	})
+}
