@@ -75,19 +75,19 @@ func newTestFSM(t *testing.T, eng storage.Engine) *fsm {
 	return newFSM(eng, logging.Discard(), stop, func(error) {})
 }
 
-func setOp(k, v string) op { return op{Kind: opSet, Key: k, Value: []byte(v)} }
-func delOp(k string) op    { return op{Kind: opDelete, Key: k} }
+func setOp(k, v string) Op { return OpSet(k, []byte(v)) }
+func delOp(k string) Op    { return OpDelete(k) }
 
-func mustEncodeCommand(t testing.TB, ops ...op) []byte {
+// mustEncodeCommand encodes ops as one command without a session.
+func mustEncodeCommand(t testing.TB, ops ...Op) []byte {
 	t.Helper()
-	b, err := encodeCommand(&command{Ops: ops})
-	if err != nil {
-		t.Fatalf("encodeCommand: %v", err)
+	if len(ops) == 0 {
+		return encodeEntry(0)
 	}
-	return b
+	return encodeEntry(0, []command{{kind: cmdTxn, then: ops}})
 }
 
-func cmdLog(t testing.TB, index uint64, ops ...op) *raft.Log {
+func cmdLog(t testing.TB, index uint64, ops ...Op) *raft.Log {
 	t.Helper()
 	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, ops...)}
 }
@@ -112,6 +112,9 @@ func fsmDump(t *testing.T, eng storage.Engine) []fsmPair {
 	err := eng.View(func(tx storage.ReadTx) error {
 		var derr error
 		err := tx.Scan(nil, func(k, v []byte) bool {
+			if isSysKey(k) {
+				return true // the session table
+			}
 			r, err := decodeRecord(v)
 			if err != nil {
 				derr = fmt.Errorf("key %q: %w", k, err)
@@ -146,6 +149,8 @@ func checkApplied(t *testing.T, eng storage.Engine, want uint64) {
 	}
 }
 
+// checkNilResponses checks that every response but those of except says
+// the entry applied: nil (no commands), or a result per command, each OK.
 func checkNilResponses(t *testing.T, resp []any, n int, except ...int) {
 	t.Helper()
 	if len(resp) != n {
@@ -156,8 +161,18 @@ func checkNilResponses(t *testing.T, resp []any, n int, except ...int) {
 		skip[i] = true
 	}
 	for i, r := range resp {
-		if !skip[i] && r != nil {
-			t.Errorf("response %d = %v, want nil", i, r)
+		if skip[i] || r == nil {
+			continue
+		}
+		res, ok := r.([]cmdResult)
+		if !ok {
+			t.Errorf("response %d = %v, want results", i, r)
+			continue
+		}
+		for j, c := range res {
+			if c.status != resOK {
+				t.Errorf("response %d, command %d: %+v, want OK", i, j, c)
+			}
 		}
 	}
 }
@@ -311,7 +326,7 @@ func TestFSMApplyUndecodableEntry(t *testing.T) {
 			{Index: 3, Term: 1, Type: raft.LogCommand, Data: nil},
 			{Index: 4, Term: 1, Type: raft.LogCommand, Data: good[:len(good)-2]},
 			{Index: 5, Term: 1, Type: raft.LogCommand, Data: good},
-			{Index: 6, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, setOp("c", "3"), op{Kind: 9, Key: "d"})},
+			{Index: 6, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, setOp("c", "3"), Op{kind: 9, key: "d"})},
 		}
 		resp := f.ApplyBatch(logs)
 		checkNilResponses(t, resp, len(logs), 1, 2, 3, 5)

@@ -23,6 +23,9 @@ const (
 	DefaultMaxKeySize = 4 << 10
 	// DefaultMaxValueSize is the longest value accepted, in bytes.
 	DefaultMaxValueSize = 1 << 20
+	// DefaultMaxTxnOps is how many conditions and operations a Txn may
+	// hold in all.
+	DefaultMaxTxnOps = 128
 	// DefaultMaxVoters is how many members vote; members that join beyond it
 	// replicate as non-voters.
 	DefaultMaxVoters = 5
@@ -63,6 +66,7 @@ const (
 const (
 	maxMaxKeySize   = 32 << 10 // bbolt's limit on a key
 	maxMaxValueSize = 8 << 20
+	maxMaxTxnOps    = maxBatchOps
 )
 
 // Config configures a Store. The zero value of every field but NodeID and
@@ -117,6 +121,11 @@ type Config struct {
 	// MaxValueSize limits values, in bytes. Default DefaultMaxValueSize; at
 	// most 8 MiB.
 	MaxValueSize int
+	// MaxTxnOps limits the conditions and operations of a Txn, in all.
+	// Default DefaultMaxTxnOps; at most 4096. (A Txn's keys and values are
+	// also limited to 12 MiB in all, so that it fits in one frame of the
+	// transport between members.)
+	MaxTxnOps int
 	// MaxVoters is how many members vote. Members that join beyond it
 	// replicate and serve reads as non-voters, and replace voters that are
 	// removed. Default DefaultMaxVoters.
@@ -233,6 +242,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	if err := def(&c.MaxValueSize, DefaultMaxValueSize, maxMaxValueSize, "MaxValueSize"); err != nil {
+		return c, err
+	}
+	if err := def(&c.MaxTxnOps, DefaultMaxTxnOps, maxMaxTxnOps, "MaxTxnOps"); err != nil {
 		return c, err
 	}
 	if err := def(&c.MaxVoters, DefaultMaxVoters, 0, "MaxVoters"); err != nil {

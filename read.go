@@ -123,8 +123,13 @@ func (s *Store) scan(ctx context.Context, prefix string, opts []ReadOption, add 
 	err := s.eng.ViewApplied(func(tx storage.ReadTx, index uint64) error {
 		rev = index
 		var derr error
-		err := tx.Scan(from, func(k, v []byte) bool {
+		sys := false // the store's own keys are next: skip them
+		fn := func(k, v []byte) bool {
 			if !bytes.HasPrefix(k, []byte(prefix)) {
+				return false
+			}
+			if isSysKey(k) {
+				sys = true
 				return false
 			}
 			r, err := decodeRecord(v)
@@ -134,7 +139,11 @@ func (s *Store) scan(ctx context.Context, prefix string, opts []ReadOption, add 
 			}
 			n := add(k, r)
 			return ro.limit <= 0 || n < ro.limit
-		})
+		}
+		err := tx.Scan(from, fn)
+		if err == nil && derr == nil && sys {
+			err = tx.Scan(sysEnd, fn)
+		}
 		if err == nil {
 			err = derr
 		}
