@@ -48,15 +48,25 @@ type hotSession struct {
 	seq uint64
 }
 
-// hotEntry encodes an entry of ops group-committed writes, each one Set
-// of a random key under sess, as a leader does. The floor trails by 64
-// sequences, as it does with that many writes in flight.
-func hotEntry(ops int, rng *rand.Rand, sess *hotSession) []byte {
+// hotKeys returns n random keys.
+func hotKeyList(n int, rng *rand.Rand) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = hotKey(rng.IntN(hotKeys))
+	}
+	return keys
+}
+
+// hotEntry encodes an entry of group-committed writes, one Set of each
+// key under sess, as a leader does. The floor trails by 64 sequences, as
+// it does with that many writes in flight.
+func hotEntry(keys []string, sess *hotSession) []byte {
 	v := hotValue()
-	cmds := make([]command, ops)
+	cmds := make([]command, len(keys))
+	floor := max(sess.seq+1, 64) - 63
 	for i := range cmds {
 		sess.seq++
-		cmds[i] = command{kind: cmdTxn, sess: sess.id, seq: sess.seq, floor: max(sess.seq, 64) - 63, then: []Op{OpSet(hotKey(rng.IntN(hotKeys)), v)}}
+		cmds[i] = command{kind: cmdTxn, sess: sess.id, seq: sess.seq, floor: floor, then: []Op{OpSet(keys[i], v)}}
 	}
 	return encodeEntry(uint64(time.Now().UnixMilli()), cmds)
 }
@@ -84,11 +94,16 @@ func BenchmarkHotFSMApplyBatch(b *testing.B) {
 				b.Fatalf("register: %v", reg)
 			}
 			sess := &hotSession{id: newSessionID(index, 1)}
+			// A few distinct sets of keys, reused (with new sequences).
+			keys := make([][]string, 8)
+			for i := range keys {
+				keys[i] = hotKeyList(shape.ops, rng)
+			}
 			batch := func() []*raft.Log {
 				logs := make([]*raft.Log, shape.entries)
 				for i := range logs {
 					index++
-					logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: hotEntry(shape.ops, rng, sess)}
+					logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: hotEntry(keys[int(index)%len(keys)], sess)}
 				}
 				return logs
 			}
@@ -136,7 +151,7 @@ func BenchmarkHotEncodeCommand(b *testing.B) {
 func BenchmarkHotDecodeCommand(b *testing.B) {
 	for _, ops := range []int{1, 256} {
 		b.Run(fmt.Sprintf("ops=%d", ops), func(b *testing.B) {
-			cmd := hotEntry(ops, rand.New(rand.NewPCG(5, 6)), &hotSession{id: newSessionID(1, 2)})
+			cmd := hotEntry(hotKeyList(ops, rand.New(rand.NewPCG(5, 6))), &hotSession{id: newSessionID(1, 2)})
 			b.SetBytes(int64(len(cmd)))
 			b.ReportAllocs()
 			for range b.N {

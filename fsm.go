@@ -161,7 +161,7 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 				resp[i] = res
 			}
 		}
-		return a.sessions.flush()
+		return a.sessions.flush(a.buf)
 	}
 	return f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) })
 }
@@ -269,7 +269,7 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 			return cmdResult{status: resStale}, nil
 		}
 		if i, ok := s.find(c.seq); ok {
-			return a.sessions.replay(s, s.results[i])
+			return a.sessions.replay(s, s.at(i))
 		}
 		sess = s
 	}

@@ -169,8 +169,8 @@ func TestFSMSessions_FloorAndStale(t *testing.T) {
 					return fmt.Errorf("session gone")
 				}
 				s, err := decodeSession(id, b)
-				for _, r := range s.results {
-					seqs = append(seqs, r.seq)
+				for i := range s.n() {
+					seqs = append(seqs, s.at(i).seq)
 				}
 				return err
 			})
@@ -337,7 +337,14 @@ func TestFSMSessions_InSnapshots(t *testing.T) {
 }
 
 func FuzzDecodeSession(f *testing.F) {
-	s := &sessState{lastSeen: 5, floor: 3, results: []sessResult{{seq: 3, status: resOK, rev: 9}, {seq: 7, status: resFailed, rev: 11, gets: true}}}
+	s := &sessState{lastSeen: 5, floor: 3}
+	s.put(sessResult{seq: 7, status: resFailed, rev: 11, gets: true})
+	s.put(sessResult{seq: 3, status: resOK, rev: 9})
+	s.put(sessResult{seq: 5, status: resOK, rev: 10})
+	s.put(sessResult{seq: 5, status: resOK, rev: 12})
+	if s.n() != 3 || s.at(0).seq != 3 || s.at(1).rev != 12 || !s.at(2).gets {
+		f.Fatalf("results %x", s.res)
+	}
 	f.Add(s.encode(nil))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {

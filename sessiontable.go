@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -85,50 +86,68 @@ type sessResult struct {
 	gets   bool // the Gets are under getsKey
 }
 
+// A session's entry: uvarint lastSeen, uvarint floor, then its results by
+// sequence, sessResultSize bytes each: seq (8 bytes big endian), a status
+// byte (0x80 added when its Gets are stored), rev (8 bytes big endian).
+// Results are read in place, without decoding the list.
+const sessResultSize = 17
+
 // sessState is one session's entry of the table.
 type sessState struct {
 	id       sessionID
 	lastSeen uint64
 	floor    uint64
-	results  []sessResult // by seq
+	res      []byte // the results; aliases the transaction until own
+	own      bool   // res may be changed in place
 	dirty    bool
 	gone     bool // removed in this transaction
 }
 
-func (s *sessState) find(seq uint64) (int, bool) {
-	return slices.BinarySearchFunc(s.results, seq, func(r sessResult, seq uint64) int {
-		switch {
-		case r.seq < seq:
-			return -1
-		case r.seq > seq:
-			return 1
-		}
-		return 0
-	})
+func (s *sessState) n() int { return len(s.res) / sessResultSize }
+
+func (s *sessState) at(i int) sessResult {
+	b := s.res[i*sessResultSize:]
+	return sessResult{seq: binary.BigEndian.Uint64(b), status: b[8] &^ 0x80, rev: binary.BigEndian.Uint64(b[9:]), gets: b[8]&0x80 != 0}
 }
 
-// Encoding of a session's entry: uvarint lastSeen, uvarint floor, uvarint
-// n, then n results: uvarint seq (the first), or its distance from the
-// previous one; byte status, 0x80 added when its Gets are stored; uvarint
-// rev.
+func (s *sessState) seqAt(i int) uint64 { return binary.BigEndian.Uint64(s.res[i*sessResultSize:]) }
+
+// find returns the place of seq among the results, and whether it is there.
+func (s *sessState) find(seq uint64) (int, bool) {
+	i := sort.Search(s.n(), func(i int) bool { return s.seqAt(i) >= seq })
+	return i, i < s.n() && s.seqAt(i) == seq
+}
+
+// put records r at its place.
+func (s *sessState) put(r sessResult) {
+	var rec [sessResultSize]byte
+	binary.BigEndian.PutUint64(rec[:], r.seq)
+	rec[8] = r.status
+	if r.gets {
+		rec[8] |= 0x80
+	}
+	binary.BigEndian.PutUint64(rec[9:], r.rev)
+	i, found := s.find(r.seq)
+	if !s.own {
+		s.res, s.own = append(make([]byte, 0, len(s.res)+4*sessResultSize), s.res...), true
+	}
+	switch {
+	case found:
+		copy(s.res[i*sessResultSize:], rec[:])
+	case i == s.n():
+		s.res = append(s.res, rec[:]...)
+	default:
+		s.res = slices.Insert(s.res, i*sessResultSize, rec[:]...)
+	}
+}
+
 func (s *sessState) encode(b []byte) []byte {
 	b = binary.AppendUvarint(b, s.lastSeen)
 	b = binary.AppendUvarint(b, s.floor)
-	b = binary.AppendUvarint(b, uint64(len(s.results)))
-	var prev uint64
-	for _, r := range s.results {
-		b = binary.AppendUvarint(b, r.seq-prev)
-		prev = r.seq
-		st := r.status
-		if r.gets {
-			st |= 0x80
-		}
-		b = append(b, st)
-		b = binary.AppendUvarint(b, r.rev)
-	}
-	return b
+	return append(b, s.res...)
 }
 
+// decodeSession decodes a session's entry; its results alias b.
 func decodeSession(id sessionID, b []byte) (*sessState, error) {
 	r := reader{b: b}
 	s := &sessState{id: id}
@@ -139,27 +158,14 @@ func decodeSession(id sessionID, b []byte) (*sessState, error) {
 	if s.floor, err = r.uvarint(); err != nil {
 		return nil, fmt.Errorf("kv: session entry: %w", err)
 	}
-	n, err := r.count(3)
-	if err != nil {
-		return nil, fmt.Errorf("kv: session entry: %w", err)
+	if len(r.b)%sessResultSize != 0 {
+		return nil, fmt.Errorf("kv: session entry: results of %d bytes", len(r.b))
 	}
-	s.results = make([]sessResult, n)
-	var prev uint64
-	for i := range s.results {
-		d, err := r.uvarint()
-		if err != nil {
-			return nil, fmt.Errorf("kv: session entry: %w", err)
+	s.res = r.b
+	for i := 1; i < s.n(); i++ {
+		if s.seqAt(i) <= s.seqAt(i-1) {
+			return nil, fmt.Errorf("kv: session entry: results out of order")
 		}
-		st, err := r.byte()
-		if err != nil {
-			return nil, fmt.Errorf("kv: session entry: %w", err)
-		}
-		rev, err := r.uvarint()
-		if err != nil {
-			return nil, fmt.Errorf("kv: session entry: %w", err)
-		}
-		prev += d
-		s.results[i] = sessResult{seq: prev, status: st &^ 0x80, rev: rev, gets: st&0x80 != 0}
 	}
 	return s, nil
 }
@@ -290,14 +296,14 @@ func (t *sessionTable) each(fn func(s *sessState) error) error {
 
 // drop removes a session and its stored Gets.
 func (t *sessionTable) drop(s *sessState) error {
-	for _, r := range s.results {
-		if r.gets {
+	for i := range s.n() {
+		if r := s.at(i); r.gets {
 			if err := t.tx.Delete(getsKey(s.id, r.seq)); err != nil {
 				return err
 			}
 		}
 	}
-	s.results, s.gone, s.dirty = nil, true, true
+	s.res, s.gone, s.dirty = nil, true, true
 	t.meta.count--
 	t.meta.dirty = true
 	return nil
@@ -349,14 +355,14 @@ func (t *sessionTable) raise(s *sessState, floor uint64) error {
 	}
 	s.floor = floor
 	n, _ := s.find(floor)
-	for _, r := range s.results[:n] {
-		if r.gets {
+	for i := range n {
+		if r := s.at(i); r.gets {
 			if err := t.tx.Delete(getsKey(s.id, r.seq)); err != nil {
 				return err
 			}
 		}
 	}
-	s.results = slices.Delete(s.results, 0, n)
+	s.res = s.res[n*sessResultSize:]
 	return nil
 }
 
@@ -368,14 +374,9 @@ func (t *sessionTable) record(s *sessState, seq uint64, res cmdResult) error {
 			return err
 		}
 	}
-	i, found := s.find(seq)
-	if found {
-		s.results[i] = r
-	} else {
-		s.results = slices.Insert(s.results, i, r)
-	}
-	if len(s.results) > maxSessionResults {
-		return t.raise(s, s.results[len(s.results)-maxSessionResults].seq)
+	s.put(r)
+	if s.n() > maxSessionResults {
+		return t.raise(s, s.seqAt(s.n()-maxSessionResults))
 	}
 	return nil
 }
@@ -405,9 +406,8 @@ func (t *sessionTable) replay(s *sessState, r sessResult) (cmdResult, error) {
 	return res, nil
 }
 
-// flush writes back what changed.
-func (t *sessionTable) flush() error {
-	var buf []byte
+// flush writes back what changed; buf is scratch space (Put copies).
+func (t *sessionTable) flush(buf []byte) error {
 	for _, id := range t.order {
 		s := t.open[id]
 		if !s.dirty {
