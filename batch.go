@@ -198,6 +198,9 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 			w.release()
 			return p.giveUp(w, ctx.Err())
 		}
+		if last := w.lastErr(); last != nil {
+			return fmt.Errorf("kv: write: %w (%w; an earlier attempt: %w)", ctx.Err(), ErrOutcomeUnknown, last)
+		}
 		return fmt.Errorf("kv: write: %w (%w)", ctx.Err(), ErrOutcomeUnknown)
 	case <-p.s.halter.ch:
 		if w.state.CompareAndSwap(wQueued, wDropped) {
