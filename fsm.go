@@ -15,8 +15,11 @@ import (
 )
 
 // fsm is the Raft state machine: it applies committed commands to the Engine,
-// one engine transaction per Raft batch. It is deterministic: no clocks,
-// network or randomness touch the data.
+// one engine transaction per Raft batch, and answers each command entry with
+// one result per command (command.go), the session table (sessiontable.go)
+// changing in the same transaction. It is deterministic: no clocks, network
+// or randomness touch the data; time comes from the entries, stamped by the
+// leader that proposed them.
 type fsm struct {
 	eng    storage.Engine
 	logger *slog.Logger

@@ -88,6 +88,7 @@ type ConflictError struct {
 	Found bool
 }
 
+// Error says which key conflicted, and where it was.
 func (e *ConflictError) Error() string {
 	if !e.Found {
 		return fmt.Sprintf("%v: key %q is absent", ErrConflict, e.Current.Key)
