@@ -124,8 +124,9 @@ func (a *abandonableWriter) Write(p []byte) (int, error) {
 // everywhere. A member that cannot install a committed restore (its own
 // disk filled up while staging) stops applying rather than diverge.
 //
-// If Restore returns ErrLeadershipLost (or ctx ends) after the chunks, the
-// commit may or may not have been applied: read the data to find out. A
+// If Restore returns an error wrapping ErrOutcomeUnknown (the leadership
+// was lost, or ctx ended, after the chunks), the commit may or may not
+// have been applied: read the data to find out. A
 // restore whose leader fails before the commit is aborted by the next
 // leader; the old data stays.
 func (s *Store) Restore(ctx context.Context, r io.Reader) error {
@@ -296,8 +297,8 @@ func (p *proposer) drain() error {
 		p.waitOne()
 	}
 	p.inflight = nil
-	if errors.Is(p.err, errNotLeader) {
-		return fmt.Errorf("%w: %v", ErrLeadershipLost, p.err)
+	if errors.Is(p.err, errNotLeader) || errors.Is(p.err, errUnsure) {
+		return fmt.Errorf("kv: restore: the leadership was lost: %w: %v", ErrOutcomeUnknown, p.err)
 	}
 	return p.err
 }

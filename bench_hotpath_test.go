@@ -41,24 +41,41 @@ func hotValue() []byte {
 	return v
 }
 
-func hotCommand(b *testing.B, ops int, rng *rand.Rand) []byte {
-	b.Helper()
-	c := command{Ops: make([]op, ops)}
+// hotSession is a write session for the benchmarks: its ID, and the next
+// sequence to hand out.
+type hotSession struct {
+	id  sessionID
+	seq uint64
+}
+
+// hotKeys returns n random keys.
+func hotKeyList(n int, rng *rand.Rand) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = hotKey(rng.IntN(hotKeys))
+	}
+	return keys
+}
+
+// hotEntry encodes an entry of group-committed writes, one Set of each
+// key under sess, as a leader does. The floor trails by 64 sequences, as
+// it does with that many writes in flight.
+func hotEntry(keys []string, sess *hotSession) []byte {
 	v := hotValue()
-	for i := range c.Ops {
-		c.Ops[i] = op{Kind: opSet, Key: hotKey(rng.IntN(hotKeys)), Value: v}
+	cmds := make([]command, len(keys))
+	floor := max(sess.seq+1, 64) - 63
+	for i := range cmds {
+		sess.seq++
+		cmds[i] = command{kind: cmdTxn, sess: sess.id, seq: sess.seq, floor: floor, then: []Op{OpSet(keys[i], v)}}
 	}
-	cmd, err := encodeCommand(&c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return cmd
+	return encodeEntry(uint64(time.Now().UnixMilli()), cmds)
 }
 
 // BenchmarkHotFSMApplyBatch: the state machine applying what raft hands it
 // in one call, on a bbolt data file in a temp dir, durable (fsync per
 // call), as a Store runs it. entries is the number of log entries per call,
-// ops the writes per entry (a group-committed entry carries many).
+// ops the writes per entry (a group-committed entry carries many), each
+// under a session the table holds.
 func BenchmarkHotFSMApplyBatch(b *testing.B) {
 	for _, shape := range []struct{ entries, ops int }{{1, 1}, {1, 256}, {16, 16}} {
 		b.Run(fmt.Sprintf("entries=%d/ops=%d", shape.entries, shape.ops), func(b *testing.B) {
@@ -71,17 +88,22 @@ func BenchmarkHotFSMApplyBatch(b *testing.B) {
 			b.Cleanup(func() { close(stop) })
 			f := newFSM(eng, logging.Discard(), stop, func(error) {})
 			rng := rand.New(rand.NewPCG(1, 2))
-			// A few distinct commands, reused: encoding is not measured here.
-			cmds := make([][]byte, 8)
-			for i := range cmds {
-				cmds[i] = hotCommand(b, shape.ops, rng)
+			index := uint64(1)
+			reg := f.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: encodeEntry(uint64(time.Now().UnixMilli()), []command{{kind: cmdRegister, nonce: 1}})})
+			if res, ok := reg.([]cmdResult); !ok || res[0].status != resOK {
+				b.Fatalf("register: %v", reg)
 			}
-			var index uint64
+			sess := &hotSession{id: newSessionID(index, 1)}
+			// A few distinct sets of keys, reused (with new sequences).
+			keys := make([][]string, 8)
+			for i := range keys {
+				keys[i] = hotKeyList(shape.ops, rng)
+			}
 			batch := func() []*raft.Log {
 				logs := make([]*raft.Log, shape.entries)
 				for i := range logs {
 					index++
-					logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: cmds[int(index)%len(cmds)]}
+					logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: hotEntry(keys[int(index)%len(keys)], sess)}
 				}
 				return logs
 			}
@@ -89,10 +111,11 @@ func BenchmarkHotFSMApplyBatch(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
-				logs := batch()
+				logs := batch() // encoding is not measured here
 				b.StartTimer()
 				for i, r := range f.ApplyBatch(logs) {
-					if r != nil {
+					res, ok := r.([]cmdResult)
+					if !ok || len(res) != shape.ops || res[0].status != resOK {
 						b.Fatalf("entry %d: %v", i, r)
 					}
 				}
@@ -109,15 +132,16 @@ func BenchmarkHotEncodeCommand(b *testing.B) {
 	for _, ops := range []int{1, 256} {
 		b.Run(fmt.Sprintf("ops=%d", ops), func(b *testing.B) {
 			rng := rand.New(rand.NewPCG(3, 4))
-			c := command{Ops: make([]op, ops)}
 			v := hotValue()
-			for i := range c.Ops {
-				c.Ops[i] = op{Kind: opSet, Key: hotKey(rng.IntN(hotKeys)), Value: v}
+			id := newSessionID(1, 2)
+			cmds := make([]command, ops)
+			for i := range cmds {
+				cmds[i] = command{kind: cmdTxn, sess: id, seq: uint64(1000 + i), floor: 990, then: []Op{OpSet(hotKey(rng.IntN(hotKeys)), v)}}
 			}
 			b.ReportAllocs()
 			for range b.N {
-				if _, err := encodeCommand(&c); err != nil {
-					b.Fatal(err)
+				if cmd := encodeEntry(1, cmds); len(cmd) == 0 {
+					b.Fatal("empty")
 				}
 			}
 		})
@@ -127,13 +151,13 @@ func BenchmarkHotEncodeCommand(b *testing.B) {
 func BenchmarkHotDecodeCommand(b *testing.B) {
 	for _, ops := range []int{1, 256} {
 		b.Run(fmt.Sprintf("ops=%d", ops), func(b *testing.B) {
-			cmd := hotCommand(b, ops, rand.New(rand.NewPCG(5, 6)))
+			cmd := hotEntry(hotKeyList(ops, rand.New(rand.NewPCG(5, 6))), &hotSession{id: newSessionID(1, 2)})
 			b.SetBytes(int64(len(cmd)))
 			b.ReportAllocs()
 			for range b.N {
-				c, err := decodeCommand(cmd)
-				if err != nil || len(c.Ops) != ops {
-					b.Fatal(len(c.Ops), err)
+				d, err := decodeEntry(cmd)
+				if err != nil || len(d.cmds) != ops {
+					b.Fatal(len(d.cmds), err)
 				}
 			}
 		})

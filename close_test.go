@@ -94,15 +94,10 @@ func TestCluster_LeaderCloseUnderForwardedWrites(t *testing.T) {
 	}
 	c.nodes[l] = nil
 	wg.Wait()
+	// Writes whose leader handed over under them are sent again to the
+	// next one: none fails.
 	for _, err := range failures {
-		if errors.Is(err, kv.ErrLeadershipLost) {
-			t.Logf("write with unknown outcome during a graceful leader close: %v", err)
-		} else {
-			t.Errorf("write failed: %v", err)
-		}
-	}
-	if len(failures) > 2 {
-		t.Fatalf("%d writes failed during a graceful leader close", len(failures))
+		t.Errorf("write failed: %v", err)
 	}
 }
 

@@ -314,11 +314,7 @@ func (s *Store) markTerm() {
 	if s.readyTerm.Load() == term || s.raft.State() != raft.Leader {
 		return
 	}
-	cmd, err := encodeCommand(&command{})
-	if err != nil {
-		return
-	}
-	if err := s.raft.Apply(cmd, 5*time.Second).Error(); err != nil {
+	if err := s.raft.Apply(encodeEntry(leaderTime()), 5*time.Second).Error(); err != nil {
 		s.logger.Warn("leader could not commit its term marker", "term", term, "error", err)
 		return
 	}

@@ -55,6 +55,13 @@ func (q *writeQueue) take(cut func(queue []*pendingWrite) (batch, rest []*pendin
 	return batch
 }
 
+// empty says whether nothing is queued.
+func (q *writeQueue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) == 0
+}
+
 // close refuses later adds and returns what is left.
 func (q *writeQueue) close() []*pendingWrite {
 	q.mu.Lock()

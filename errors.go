@@ -22,18 +22,33 @@ var (
 	// call's context ended; the call had no effect.
 	ErrNoLeader = errors.New("kv: no leader")
 	// ErrOutcomeUnknown is wrapped by the error of a write that may or may
-	// not have been applied: it was handed to Raft or sent to the leader,
-	// and then its answer was lost (leadership lost, connection lost, Close,
-	// the caller's ctx ended, the leader's log store failed after the entry
-	// may have reached the disk). It may be applied later, exactly once. A
+	// not have been applied, and will not be later. Writes are sent again
+	// under their session sequence when an answer is lost, so this remains
+	// only when the write's ctx ended while it was in flight (the error
+	// wraps ctx's error too), the Store closed under it (ErrClosed too),
+	// this member halted, or its session expired (ErrSessionExpired). A
 	// write's error either wraps ErrOutcomeUnknown or means the write was
-	// not applied and never will be; nil means it was applied.
+	// not applied; nil means it was applied, once.
 	ErrOutcomeUnknown = errors.New("kv: write outcome unknown")
-	// ErrLeadershipLost is returned by a write whose leader lost its
-	// leadership after the write entered the log, or whose connection to
-	// the leader dropped after it was sent. It wraps ErrOutcomeUnknown: the
-	// write may or may not have been applied.
+	// ErrLeadershipLost wraps ErrOutcomeUnknown.
+	//
+	// Deprecated: writes no longer return it. A write whose leader lost
+	// its leadership after the write entered the log, or whose connection
+	// to the leader dropped after it was sent, is sent again under its
+	// session sequence until it is answered, and is applied at most once.
 	ErrLeadershipLost = fmt.Errorf("kv: leadership lost: %w", ErrOutcomeUnknown)
+	// ErrSessionExpired is wrapped by the error of a write whose write
+	// session the state machine dropped (unused for an hour of the
+	// leaders' time, or the least recently used of more than 16384) while
+	// the write was being retried: an earlier attempt may have been
+	// applied, and the record of it is gone, so it is not applied again.
+	// It wraps ErrOutcomeUnknown. The Store registers a new session for
+	// its next writes on its own.
+	ErrSessionExpired = fmt.Errorf("kv: write session expired: %w", ErrOutcomeUnknown)
+	// ErrConflict is wrapped by the error of a CompareAndSet or
+	// CompareAndDelete whose key was not at the revision given: nothing was
+	// written. errors.As to *ConflictError gives the key's current entry.
+	ErrConflict = errors.New("kv: conflict")
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")
@@ -58,6 +73,17 @@ var (
 	ErrKeyTooLarge = errors.New("kv: key too large")
 	// ErrValueTooLarge is returned for a value longer than Config.MaxValueSize.
 	ErrValueTooLarge = errors.New("kv: value too large")
+	// ErrReservedKey is returned for a key that starts with "\xff\xffkv/":
+	// such keys hold the store's own state (its write sessions), which
+	// reads do not show.
+	ErrReservedKey = errors.New("kv: reserved key")
+	// ErrInvalidTxn is wrapped by the error of a Txn that cannot run: a
+	// zero Cond or Op, or two writes to one key in a branch.
+	ErrInvalidTxn = errors.New("kv: invalid transaction")
+	// ErrTxnTooLarge is wrapped by the error of a Txn over the limits: more
+	// than Config.MaxTxnOps conditions and operations, more than 12 MiB of
+	// keys and values, or Gets that would return more than 8 MiB.
+	ErrTxnTooLarge = errors.New("kv: transaction too large")
 	// ErrInvalidConfig is wrapped by Open's errors for a Config it cannot use.
 	ErrInvalidConfig = errors.New("kv: invalid config")
 )

@@ -13,8 +13,10 @@ import (
 	"github.com/cohortkv/kv/transport"
 )
 
-// Errors keep their meaning across the wire: what the leader reports is what
-// the follower's caller sees, and only "nothing was done" is retried.
+// Errors keep their meaning across the wire: the follower learns whether
+// the leader certainly did nothing (retry, elsewhere if need be), may have
+// applied the batch (send it again under the same sequences: errUnsure),
+// or refused it (nothing applied: the writers hear why).
 func TestErrors_RoundTripOverTheWire(t *testing.T) {
 	cases := []struct {
 		name      string
@@ -24,18 +26,20 @@ func TestErrors_RoundTripOverTheWire(t *testing.T) {
 	}{
 		{"not leader", fmt.Errorf("%w: x", errNotLeader), errNotLeader, true},
 		{"closing", ErrClosed, errNotLeader, true},
-		{"deadline", context.DeadlineExceeded, context.DeadlineExceeded, false},
-		{"cancelled", context.Canceled, context.DeadlineExceeded, false},
-		{"leadership lost", ErrLeadershipLost, ErrLeadershipLost, false},
+		{"deadline before sending", context.DeadlineExceeded, ErrNoLeader, true},
+		{"cancelled before sending", context.Canceled, ErrNoLeader, true},
+		{"disk full refusal", errDiskFullRefused, ErrDiskFull, false},
+		{"leadership lost", ErrLeadershipLost, errUnsure, false},
 		{"raft not leader", translateRaftErr(raft.ErrNotLeader), errNotLeader, true},
 		{"raft transfer", translateRaftErr(raft.ErrLeadershipTransferInProgress), errNotLeader, true},
 		{"raft enqueue timeout", translateRaftErr(raft.ErrEnqueueTimeout), errNotLeader, true},
-		{"raft lost", translateRaftErr(raft.ErrLeadershipLost), ErrLeadershipLost, false},
-		{"closed in flight", errClosedUnknown, ErrOutcomeUnknown, false},
-		{"log append disk full", outcomeOf(fmt.Errorf("append: %w", storage.ErrDiskFull)), storage.ErrDiskFull, false},
-		{"log append damaged", outcomeOf(fmt.Errorf("append: %w", storage.ErrCorrupt)), ErrCorrupt, false},
-		{"log append other", outcomeOf(errors.New("eio")), ErrOutcomeUnknown, false},
-		{"ctx after send", fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, ErrOutcomeUnknown), ErrOutcomeUnknown, false},
+		{"raft lost", translateRaftErr(raft.ErrLeadershipLost), errUnsure, false},
+		{"attempt unsure", fmt.Errorf("%w: x", errUnsure), errUnsure, false},
+		{"closed in flight", errClosedUnknown, errUnsure, false},
+		{"log append disk full", outcomeOf(fmt.Errorf("append: %w", storage.ErrDiskFull)), errUnsure, false},
+		{"log append damaged", outcomeOf(fmt.Errorf("append: %w", storage.ErrCorrupt)), errUnsure, false},
+		{"log append other", outcomeOf(errors.New("eio")), errUnsure, false},
+		{"ctx after send", fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, ErrOutcomeUnknown), errUnsure, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,22 +52,31 @@ func TestErrors_RoundTripOverTheWire(t *testing.T) {
 			if !errors.Is(got, tc.wantIs) || retry != tc.wantRetry {
 				t.Fatalf("fromWire(toWire(%v)) = %v, retry %v; want Is %v, retry %v", tc.local, got, retry, tc.wantIs, tc.wantRetry)
 			}
+			if errors.Is(got, ErrLeadershipLost) {
+				t.Fatalf("fromWire(toWire(%v)) = %v: a write must not see ErrLeadershipLost", tc.local, got)
+			}
 		})
 	}
 	if toWire(nil) != nil {
 		t.Fatal("toWire(nil) != nil")
 	}
-	if err, retry := fromWire(&transport.Error{Code: codeBadRequest, Msg: "bad"}); retry || err == nil {
+	if err, retry := fromWire(&transport.Error{Code: codeBadRequest, Msg: "bad"}); retry || !errors.Is(err, errRefused) {
 		t.Fatalf("bad request: %v, retry %v", err, retry)
 	}
-	if err, retry := fromWire(&transport.Error{Code: transport.CodeInternal, Msg: "boom"}); retry || err == nil {
+	if err, retry := fromWire(&transport.Error{Code: codeReplyTooLarge, Msg: "big"}); retry || !errors.Is(err, errReplyTooLarge) {
+		t.Fatalf("reply too large: %v, retry %v", err, retry)
+	}
+	if err, retry := fromWire(&transport.Error{Code: transport.CodeInternal, Msg: "boom"}); retry || !errors.Is(err, errUnsure) {
 		t.Fatalf("internal: %v, retry %v", err, retry)
 	}
 	if err, retry := fromWire(fmt.Errorf("%w: dial", transport.ErrNotSent)); !retry || !errors.Is(err, ErrNoLeader) {
 		t.Fatalf("not sent: %v, retry %v", err, retry)
 	}
-	if err, retry := fromWire(fmt.Errorf("%w: eof", transport.ErrConnLost)); retry || !errors.Is(err, ErrLeadershipLost) {
+	if err, retry := fromWire(fmt.Errorf("%w: eof", transport.ErrConnLost)); retry || !errors.Is(err, errUnsure) {
 		t.Fatalf("conn lost: %v, retry %v", err, retry)
+	}
+	if err, retry := fromWire(context.DeadlineExceeded); retry || !errors.Is(err, errUnsure) {
+		t.Fatalf("call timed out: %v, retry %v", err, retry)
 	}
 	if err := translateRaftErr(raft.ErrRaftShutdown); !errors.Is(err, ErrClosed) {
 		t.Fatalf("raft shutdown: %v", err)
@@ -98,6 +111,7 @@ func TestErrors_WriteOutcomes(t *testing.T) {
 		outcomeOf(fmt.Errorf("write log: %w", storage.ErrCorrupt)),
 		outcomeOf(errors.New("eio")),
 		outcomeOf(translateRaftErr(raft.ErrLeadershipLost)),
+		ErrSessionExpired,
 	}
 	for _, err := range unknown {
 		if !errors.Is(err, ErrOutcomeUnknown) {
@@ -116,7 +130,7 @@ func TestErrors_WriteOutcomes(t *testing.T) {
 	if outcomeOf(nil) != nil {
 		t.Errorf("outcomeOf(nil) != nil")
 	}
-	for _, err := range []error{ErrClosed, ErrNoLeader, ErrEmptyKey, ErrKeyTooLarge, ErrValueTooLarge, errNotLeader} {
+	for _, err := range []error{ErrClosed, ErrNoLeader, ErrEmptyKey, ErrKeyTooLarge, ErrValueTooLarge, errNotLeader, ErrConflict, &ConflictError{}, ErrInvalidTxn, ErrTxnTooLarge, ErrReservedKey, errUnsure, errSessionLost} {
 		if errors.Is(err, ErrOutcomeUnknown) {
 			t.Errorf("%v wraps ErrOutcomeUnknown", err)
 		}

@@ -1,6 +1,8 @@
 package kv
 
 import (
+	"time"
+
 	"github.com/cohortkv/kv/discovery"
 	"github.com/cohortkv/kv/storage"
 )
@@ -30,3 +32,29 @@ func SetRestoreHook(s *Store, fn func(step string, n int)) { s.restoreHook = fn 
 
 // SetRestoreChunkSize sets the size of the chunk entries of Restore on s.
 func SetRestoreChunkSize(s *Store, n int) { s.restoreChunk = n }
+
+// LoseApplied makes the next n batches that s, leading, hands to Raft
+// report a lost leadership once applied, as if it had lost it at once.
+func LoseApplied(s *Store, n int) { s.pipe.loseApplied.Store(int32(n)) }
+
+// LoseReplies makes the next n batches that s forwards to the leader lose
+// their reply once the leader has applied them.
+func LoseReplies(s *Store, n int) { s.pipe.loseReplies.Store(int32(n)) }
+
+// SetSessionsOff makes every state machine ignore write sessions (no
+// write is recognised as applied before) until the returned function
+// restores them. Tests only: it shows what the session table prevents.
+func SetSessionsOff() (restore func()) {
+	sessionsOff.Store(true)
+	return func() { sessionsOff.Store(false) }
+}
+
+// SetSessionLimits sets the session table's expiry (in leader time) and
+// its cap on sessions, until the returned function restores them. Tests
+// only; every member of a test cluster must see the same values.
+func SetSessionLimits(ttl time.Duration, max int) (restore func()) {
+	oldTTL, oldMax := sessionTTL.Load(), maxSessions.Load()
+	sessionTTL.Store(uint64(ttl / time.Millisecond))
+	maxSessions.Store(uint64(max))
+	return func() { sessionTTL.Store(oldTTL); maxSessions.Store(oldMax) }
+}

@@ -9,20 +9,22 @@ import (
 
 // Forwarding: on a follower, the write pipeline (batch.go) sends each batch
 // to the leader as one Apply RPC, one batch at a time, so that the leader
-// appends a follower's batches in the order they were queued.
+// appends a follower's batches in the order they were queued. The reply
+// carries the result of each command.
 
 // forwardTimeout bounds one forwarded batch (its callers may give up
 // sooner, with their ctx).
 const forwardTimeout = 10 * time.Second
 
 type forwardResult struct {
+	res   []cmdResult // one per command sent
 	err   error
 	retry bool // certainly had no effect
 }
 
 // forward sends one batch to the leader and answers its writers. It
-// returns true when the batch certainly had no effect and went back to the
-// head of the queue, to be sent again after a backoff.
+// returns true when some of them went back to the head of the queue, to be
+// sent again after a backoff.
 func (p *pipeline) forward(batch []*pendingWrite) (retry bool) {
 	local := batch[:0:0]
 	for _, w := range batch {
@@ -35,68 +37,95 @@ func (p *pipeline) forward(batch []*pendingWrite) (retry bool) {
 	if len(local) == 0 {
 		return false
 	}
-	var c command
-	for _, w := range local {
-		c.Ops = append(c.Ops, w.ops...)
-	}
-	r := p.call(&c)
-	if r.err != nil && !r.retry && len(local) > 1 && errors.Is(r.err, errRefused) {
+	r := p.call(groups(local))
+	if r.err != nil && !r.retry && len(local) > 1 && (errors.Is(r.err, errRefused) || errors.Is(r.err, errReplyTooLarge)) {
 		// A batch the leader refuses as a whole is sent again one write at
 		// a time, so that one write the leader finds invalid (its limits
-		// may differ from ours) fails alone.
+		// may differ from ours) fails alone. A batch applied whose reply
+		// did not fit in a frame is sent again likewise: the session
+		// table answers each write with its result.
+		if errors.Is(r.err, errReplyTooLarge) {
+			for _, w := range local {
+				w.maybe.Store(true)
+			}
+		}
 		for i, w := range local {
-			r := p.call(&command{Ops: w.ops})
-			if r.retry {
-				p.requeue(local[i:], r.err)
+			if redo, err := p.settleForwarded([]*pendingWrite{w}, p.call(groups(local[i:i+1]))); len(redo) > 0 {
+				p.requeue(append(redo, local[i+1:]...), err)
 				return true
 			}
-			w.answer(p.forwardErr(r.err))
 		}
 		return false
 	}
-	if r.retry {
-		p.requeue(local, r.err)
-		return true
-	}
-	err := p.forwardErr(r.err)
-	for _, w := range local {
-		w.answer(err)
-	}
-	return false
+	redo, err := p.settleForwarded(local, r)
+	p.requeue(redo, err)
+	return len(redo) > 0
 }
 
-// requeue puts writes whose attempt had no effect back at the head.
+// settleForwarded answers the writes of one forwarded call, and returns
+// those to send again, with the reason.
+func (p *pipeline) settleForwarded(ws []*pendingWrite, r forwardResult) (redo []*pendingWrite, why error) {
+	switch {
+	case r.retry:
+		return ws, r.err
+	case r.err != nil && p.s.isClosed():
+		for _, w := range ws {
+			w.answer(errClosedUnknown)
+		}
+		return nil, nil
+	case errors.Is(r.err, errUnsure), errors.Is(r.err, errReplyTooLarge):
+		for _, w := range ws {
+			w.maybe.Store(true)
+		}
+		return ws, r.err
+	case r.err != nil:
+		// The leader refused the batch: nothing was written. A write an
+		// earlier attempt of which may have been applied tries again
+		// until its ctx ends.
+		for _, w := range ws {
+			if w.maybe.Load() {
+				redo = append(redo, w)
+				continue
+			}
+			w.answer(r.err)
+		}
+		return redo, r.err
+	}
+	off := 0
+	for _, w := range ws {
+		res := r.res[off : off+len(w.cmds) : off+len(w.cmds)]
+		off += len(w.cmds)
+		if p.settle(w, res) {
+			redo = append(redo, w)
+		}
+	}
+	return redo, errSessionLost
+}
+
+// requeue puts writes to be sent again back at the head.
 func (p *pipeline) requeue(ws []*pendingWrite, err error) {
 	for _, w := range ws {
-		w.requeued(err)
+		if err != nil {
+			w.requeued(err)
+		} else {
+			w.state.Store(wQueued)
+		}
 	}
 	p.q.pushFront(ws)
 }
 
-// forwardErr is the outcome of a write the leader received, or may have.
-func (p *pipeline) forwardErr(err error) error {
-	switch {
-	case err == nil, errors.Is(err, errRefused), errors.Is(err, ErrOutcomeUnknown):
-		return err
-	case p.s.isClosed():
-		return errClosedUnknown
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return fmt.Errorf("kv: write: %w (%w)", err, ErrOutcomeUnknown)
-	}
-	return err
-}
-
-// call makes one forwarding RPC of c to the leader.
-func (p *pipeline) call(c *command) forwardResult {
+// call makes one forwarding RPC of the commands of groups to the leader.
+func (p *pipeline) call(groups [][]command) forwardResult {
 	s := p.s
-	cmd, err := encodeCommand(c)
-	if err != nil {
-		return forwardResult{err: err}
+	n := 0
+	for _, g := range groups {
+		n += len(g)
 	}
+	cmd := encodeEntry(0, groups...)
 	// Give up on a leader that is replaced while we wait for its answer and
 	// stays silent for a heartbeat timeout more (paused, cut off): the
-	// outcome is unknown, but the callers hear of it now rather than when
-	// the call times out. A leader that hands over gracefully still answers.
+	// outcome is unknown and the batch is sent again, to whoever leads. A
+	// leader that hands over gracefully still answers.
 	abort := s.leaderChange()
 	addr, ok := s.leaderAddr()
 	if !ok {
@@ -109,9 +138,20 @@ func (p *pipeline) call(c *command) forwardResult {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, forwardTimeout)
 	defer cancel()
-	if _, err := s.pool.CallAbort(ctx, abort, s.cfg.HeartbeatTimeout, addr, methodApply, cmd); err != nil {
+	body, err := s.pool.CallAbort(ctx, abort, s.cfg.HeartbeatTimeout, addr, methodApply, cmd)
+	if err != nil {
 		out, retry := fromWire(err)
 		return forwardResult{err: out, retry: retry}
 	}
-	return forwardResult{}
+	if p.loseReplies.Load() > 0 && p.loseReplies.Add(-1) >= 0 {
+		return forwardResult{err: fmt.Errorf("%w: the reply was lost (a test's doing)", errUnsure)}
+	}
+	res, err := decodeResults(body)
+	if err == nil && len(res) != n {
+		err = fmt.Errorf("%d results for %d commands", len(res), n)
+	}
+	if err != nil {
+		return forwardResult{err: fmt.Errorf("%w: leader's reply: %v", errUnsure, err)}
+	}
+	return forwardResult{res: res}
 }

@@ -1,7 +1,6 @@
 package kv
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,116 +9,17 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
 	"github.com/cohortkv/kv/storage"
 )
 
-// A command is the payload of one Raft log entry: a version byte, then a
-// msgpack-encoded command. A command holds a batch of operations applied
-// atomically; a command with no operations (the leader's term marker) only
-// advances the applied index. Fields are keyed by short names and decoding
-// ignores unknown ones, so later versions can add fields (client IDs for
-// exactly-once retries, compare-and-set revisions, TTLs) without a migration.
-const cmdVersion byte = 1
-
-// Operation kinds.
-const (
-	opSet    uint8 = 1
-	opDelete uint8 = 2
-)
-
-type op struct {
-	Kind  uint8  `codec:"k"`
-	Key   string `codec:"y"`
-	Value []byte `codec:"v,omitempty"`
-}
-
-type command struct {
-	Ops []op `codec:"o,omitempty"`
-}
-
-var cmdHandle = func() *codec.MsgpackHandle {
-	h := &codec.MsgpackHandle{}
-	h.RawToString = true
-	h.WriteExt = true
-	return h
-}()
-
-func encodeCommand(c *command) ([]byte, error) {
-	var b []byte
-	if err := codec.NewEncoderBytes(&b, cmdHandle).Encode(c); err != nil {
-		return nil, err
-	}
-	out := make([]byte, 1+len(b))
-	out[0] = cmdVersion
-	copy(out[1:], b)
-	return out, nil
-}
-
-// decodeCommand decodes a log entry's payload. It never panics.
-func decodeCommand(b []byte) (c command, err error) {
-	if len(b) == 0 || b[0] != cmdVersion {
-		if len(b) == 0 {
-			return c, errors.New("kv: empty command")
-		}
-		return c, fmt.Errorf("kv: unknown command version %d", b[0])
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("kv: malformed command: %v", r)
-		}
-	}()
-	if err := codec.NewDecoderBytes(b[1:], cmdHandle).Decode(&c); err != nil {
-		return c, fmt.Errorf("kv: malformed command: %w", err)
-	}
-	for _, o := range c.Ops {
-		if o.Kind != opSet && o.Kind != opDelete {
-			return c, fmt.Errorf("kv: unknown operation %d", o.Kind)
-		}
-		if o.Key == "" {
-			return c, ErrEmptyKey
-		}
-	}
-	return c, nil
-}
-
-// A stored value: a version byte, the create and modify revisions (the Raft
-// indexes of the entries that created and last wrote the key), the value.
-const (
-	recVersion = 1
-	recHeader  = 17
-)
-
-func encodeRecord(create, mod uint64, value []byte) []byte {
-	b := make([]byte, recHeader+len(value))
-	b[0] = recVersion
-	binary.BigEndian.PutUint64(b[1:], create)
-	binary.BigEndian.PutUint64(b[9:], mod)
-	copy(b[recHeader:], value)
-	return b
-}
-
-type record struct {
-	create, mod uint64
-	value       []byte // aliases the engine's memory
-}
-
-func decodeRecord(b []byte) (record, error) {
-	if len(b) < recHeader || b[0] != recVersion {
-		return record{}, fmt.Errorf("kv: corrupt value record of %d bytes", len(b))
-	}
-	return record{
-		create: binary.BigEndian.Uint64(b[1:]),
-		mod:    binary.BigEndian.Uint64(b[9:]),
-		value:  b[recHeader:],
-	}, nil
-}
-
 // fsm is the Raft state machine: it applies committed commands to the Engine,
-// one engine transaction per Raft batch. It is deterministic: no clocks,
-// network or randomness touch the data.
+// one engine transaction per Raft batch, and answers each command entry with
+// one result per command (command.go), the session table (sessiontable.go)
+// changing in the same transaction. It is deterministic: no clocks, network
+// or randomness touch the data; time comes from the entries, stamped by the
+// leader that proposed them.
 type fsm struct {
 	eng    storage.Engine
 	logger *slog.Logger
@@ -243,11 +143,12 @@ func abandon(resp []any) []any {
 // resp. It returns false if the Store stopped before it succeeded.
 func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bool {
 	apply := func(tx storage.WriteTx) error {
+		a := applier{tx: tx, sessions: sessionTable{tx: tx}}
 		for i, l := range logs {
 			if l.Index <= from || l.Type != raft.LogCommand || isRestoreEntry(l.Data) {
 				continue
 			}
-			c, err := decodeCommand(l.Data)
+			d, err := decodeEntry(l.Data)
 			if err != nil {
 				// Leaders validate commands before they enter the log, so
 				// this is damage; skipping it is the same on every member.
@@ -255,11 +156,15 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 				resp[i] = err
 				continue
 			}
-			if err := applyOps(tx, l.Index, c.Ops); err != nil {
+			res, err := a.entry(l.Index, &d)
+			if err != nil {
 				return err
 			}
+			if res != nil {
+				resp[i] = res
+			}
 		}
-		return nil
+		return a.sessions.flush(a.buf)
 	}
 	return f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) })
 }
@@ -313,27 +218,182 @@ func (f *fsm) retry(index uint64, what string, fn func() error) bool {
 // for a reason other than damage or a full disk before the member halts.
 const applyRetryLimit = 10 * time.Second
 
-func applyOps(tx storage.WriteTx, index uint64, ops []op) error {
-	for _, o := range ops {
-		key := []byte(o.Key)
-		switch o.Kind {
+// applier applies the commands of the entries of one engine transaction.
+type applier struct {
+	tx       storage.WriteTx
+	sessions sessionTable
+	buf      []byte // Put copies: one buffer serves every record
+}
+
+// entry applies the commands of the entry at index and returns their
+// results (nil for an entry without commands). An error is the engine's:
+// the transaction fails.
+func (a *applier) entry(index uint64, d *decoded) ([]cmdResult, error) {
+	if len(d.cmds) == 0 {
+		return nil, nil
+	}
+	res := make([]cmdResult, len(d.cmds))
+	ticked := false
+	for i := range d.cmds {
+		c := &d.cmds[i]
+		if !ticked && (c.kind == cmdRegister || c.seq != 0) {
+			if err := a.sessions.tick(d.time); err != nil {
+				return nil, err
+			}
+			ticked = true
+		}
+		r, err := a.command(index, d.time, c)
+		if err != nil {
+			return nil, err
+		}
+		res[i] = r
+	}
+	return res, nil
+}
+
+// command applies one command at index, at leader time now.
+func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
+	if c.kind == cmdRegister {
+		return cmdResult{status: resOK, rev: index}, a.sessions.register(newSessionID(index, c.nonce), now)
+	}
+	var sess *sessState
+	if c.seq != 0 && !sessionsOff.Load() {
+		s, err := a.sessions.get(c.sess)
+		if err != nil {
+			return cmdResult{}, err
+		}
+		if s == nil {
+			return cmdResult{status: resNoSession}, nil
+		}
+		if err := a.sessions.use(s, now, c.floor); err != nil {
+			return cmdResult{}, err
+		}
+		if c.seq < s.floor {
+			return cmdResult{status: resStale}, nil
+		}
+		if i, ok := s.find(c.seq); ok {
+			return a.sessions.replay(s, s.at(i))
+		}
+		sess = s
+	}
+	if touchesSysKeys(c) {
+		// Leaders refuse such commands; one in the log is refused here
+		// alike on every member, before it can read or write the table.
+		return cmdResult{status: resInvalid, rev: index}, nil
+	}
+	ok, err := evalConds(a.tx, c.conds)
+	if err != nil {
+		return cmdResult{}, err
+	}
+	res := cmdResult{status: resFailed, rev: index}
+	ops := c.els
+	if ok {
+		res.status, ops = resOK, c.then
+	}
+	if hasWrite(ops) && hasGet(ops) {
+		n, err := getsSize(a.tx, ops)
+		if err != nil {
+			return cmdResult{}, err
+		}
+		if n > maxTxnGetBytes {
+			return cmdResult{status: resTooLarge, rev: index}, nil
+		}
+	}
+	size := 0
+	for i := range ops {
+		o := &ops[i]
+		key := keyBytes(o.key)
+		switch o.kind {
 		case opSet:
-			create := index
-			if old, ok := tx.Get(key); ok {
+			create, version := index, uint64(1)
+			if old, ok := a.tx.Get(key); ok {
 				if r, err := decodeRecord(old); err == nil {
-					create = r.create
+					create, version = r.create, r.version+1
 				}
 			}
-			if err := tx.Put(key, encodeRecord(create, index, o.Value)); err != nil {
-				return err
+			a.buf = encodeRecord(a.buf[:0], create, index, version, o.value)
+			if err := a.tx.Put(key, a.buf); err != nil {
+				return cmdResult{}, err
 			}
 		case opDelete:
-			if err := tx.Delete(key); err != nil {
-				return err
+			if err := a.tx.Delete(key); err != nil {
+				return cmdResult{}, err
+			}
+		case opGet:
+			e, err := getEntry(a.tx, o.key)
+			if err != nil {
+				return cmdResult{}, err
+			}
+			if e.ModRev != 0 {
+				e.Value = cloneValue(e.Value)
+			}
+			size += len(e.Key) + len(e.Value)
+			res.gets = append(res.gets, e)
+		}
+	}
+	if size > maxTxnGetBytes {
+		return cmdResult{status: resTooLarge, rev: index}, nil // nothing was written
+	}
+	if sess != nil && hasWrite(ops) {
+		if err := a.sessions.record(sess, c.seq, res); err != nil {
+			return cmdResult{}, err
+		}
+	}
+	return res, nil
+}
+
+// touchesSysKeys says whether c names a key of the store's own state.
+func touchesSysKeys(c *command) bool {
+	for i := range c.conds {
+		if isSysKey(keyBytes(c.conds[i].key)) {
+			return true
+		}
+	}
+	for _, ops := range [2][]Op{c.then, c.els} {
+		for i := range ops {
+			if isSysKey(keyBytes(ops[i].key)) {
+				return true
 			}
 		}
 	}
-	return nil
+	return false
+}
+
+func hasGet(ops []Op) bool {
+	for i := range ops {
+		if ops[i].kind == opGet {
+			return true
+		}
+	}
+	return false
+}
+
+// getsSize is the size of the keys and values the Gets of ops would
+// return, each after the writes of ops before it.
+func getsSize(tx storage.ReadTx, ops []Op) (int, error) {
+	n := 0
+	for i := range ops {
+		if ops[i].kind != opGet {
+			continue
+		}
+		n += len(ops[i].key)
+		written := false
+		for j := i - 1; j >= 0; j-- {
+			if p := &ops[j]; p.kind != opGet && p.key == ops[i].key {
+				n += len(p.value) // a delete's is empty
+				written = true
+				break
+			}
+		}
+		if !written {
+			e, err := getEntry(tx, ops[i].key)
+			if err != nil {
+				return 0, err
+			}
+			n += len(e.Value)
+		}
+	}
+	return n, nil
 }
 
 func (f *fsm) notify() {

@@ -75,19 +75,19 @@ func newTestFSM(t *testing.T, eng storage.Engine) *fsm {
 	return newFSM(eng, logging.Discard(), stop, func(error) {})
 }
 
-func setOp(k, v string) op { return op{Kind: opSet, Key: k, Value: []byte(v)} }
-func delOp(k string) op    { return op{Kind: opDelete, Key: k} }
+func setOp(k, v string) Op { return OpSet(k, []byte(v)) }
+func delOp(k string) Op    { return OpDelete(k) }
 
-func mustEncodeCommand(t testing.TB, ops ...op) []byte {
+// mustEncodeCommand encodes ops as one command without a session.
+func mustEncodeCommand(t testing.TB, ops ...Op) []byte {
 	t.Helper()
-	b, err := encodeCommand(&command{Ops: ops})
-	if err != nil {
-		t.Fatalf("encodeCommand: %v", err)
+	if len(ops) == 0 {
+		return encodeEntry(0)
 	}
-	return b
+	return encodeEntry(0, []command{{kind: cmdTxn, then: ops}})
 }
 
-func cmdLog(t testing.TB, index uint64, ops ...op) *raft.Log {
+func cmdLog(t testing.TB, index uint64, ops ...Op) *raft.Log {
 	t.Helper()
 	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, ops...)}
 }
@@ -112,6 +112,9 @@ func fsmDump(t *testing.T, eng storage.Engine) []fsmPair {
 	err := eng.View(func(tx storage.ReadTx) error {
 		var derr error
 		err := tx.Scan(nil, func(k, v []byte) bool {
+			if isSysKey(k) {
+				return true // the session table
+			}
 			r, err := decodeRecord(v)
 			if err != nil {
 				derr = fmt.Errorf("key %q: %w", k, err)
@@ -146,6 +149,8 @@ func checkApplied(t *testing.T, eng storage.Engine, want uint64) {
 	}
 }
 
+// checkNilResponses checks that every response but those of except says
+// the entry applied: nil (no commands), or a result per command, each OK.
 func checkNilResponses(t *testing.T, resp []any, n int, except ...int) {
 	t.Helper()
 	if len(resp) != n {
@@ -156,146 +161,18 @@ func checkNilResponses(t *testing.T, resp []any, n int, except ...int) {
 		skip[i] = true
 	}
 	for i, r := range resp {
-		if !skip[i] && r != nil {
-			t.Errorf("response %d = %v, want nil", i, r)
+		if skip[i] || r == nil {
+			continue
 		}
-	}
-}
-
-func TestFSMCommandRoundTrip(t *testing.T) {
-	big := strings.Repeat("v", 1<<20)
-	for _, tc := range []struct {
-		name string
-		ops  []op
-	}{
-		{"term marker", nil},
-		{"one set", []op{setOp("k", "v")}},
-		{"empty value", []op{setOp("k", "")}},
-		{"delete", []op{delOp("k")}},
-		{"mixed", []op{setOp("a", "1"), delOp("b"), setOp("a", "2"), delOp("a")}},
-		{"binary", []op{{Kind: opSet, Key: "\x00\xff\xfe key", Value: []byte{0, 1, 0xff, 0xc1}}}},
-		{"large value", []op{setOp("big", big)}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			b := mustEncodeCommand(t, tc.ops...)
-			if b[0] != cmdVersion {
-				t.Fatalf("version byte %d, want %d", b[0], cmdVersion)
-			}
-			c, err := decodeCommand(b)
-			if err != nil {
-				t.Fatalf("decodeCommand: %v", err)
-			}
-			if len(c.Ops) != len(tc.ops) {
-				t.Fatalf("%d ops decoded, want %d", len(c.Ops), len(tc.ops))
-			}
-			for i, o := range c.Ops {
-				w := tc.ops[i]
-				if o.Kind != w.Kind || o.Key != w.Key || !bytes.Equal(o.Value, w.Value) {
-					t.Errorf("op %d = %+v, want %+v", i, o, w)
-				}
-			}
-		})
-	}
-}
-
-func TestDecodeCommandErrors(t *testing.T) {
-	valid := mustEncodeCommand(t, setOp("key", "value"), delOp("other"))
-	badKind := mustEncodeCommand(t, setOp("a", "1"), op{Kind: 3, Key: "b"})
-	zeroKind := mustEncodeCommand(t, op{Kind: 0, Key: "b"})
-	emptyKey := mustEncodeCommand(t, setOp("a", "1"), setOp("", "x"))
-	emptyDeleteKey := mustEncodeCommand(t, delOp(""))
-	for _, tc := range []struct {
-		name string
-		b    []byte
-		is   error
-	}{
-		{"nil", nil, nil},
-		{"empty", []byte{}, nil},
-		{"version only", []byte{cmdVersion}, nil},
-		{"version 0", append([]byte{0}, valid[1:]...), nil},
-		{"version 2", append([]byte{2}, valid[1:]...), nil},
-		{"version 255", append([]byte{0xff}, valid[1:]...), nil},
-		{"truncated by one", valid[:len(valid)-1], nil},
-		{"truncated in half", valid[:len(valid)/2], nil},
-		{"not a map", []byte{cmdVersion, 0x05}, nil},
-		{"reserved byte", []byte{cmdVersion, 0xc1}, nil},
-		{"ops not an array", []byte{cmdVersion, 0x81, 0xa1, 'o', 0x05}, nil},
-		{"ops of huge length", []byte{cmdVersion, 0x81, 0xa1, 'o', 0xdd, 0xff, 0xff, 0xff, 0xff}, nil},
-		{"key of huge length", []byte{cmdVersion, 0x81, 0xa1, 'o', 0x91, 0x82, 0xa1, 'k', 0x01, 0xa1, 'y', 0xdb, 0xff, 0xff, 0xff, 0xff}, nil},
-		{"unknown op kind", badKind, nil},
-		{"op kind 0", zeroKind, nil},
-		{"empty key", emptyKey, ErrEmptyKey},
-		{"empty key in delete", emptyDeleteKey, ErrEmptyKey},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := decodeCommand(tc.b)
-			if err == nil {
-				t.Fatalf("decodeCommand(%x) = %+v, want an error", tc.b, c)
-			}
-			if tc.is != nil && !errors.Is(err, tc.is) {
-				t.Errorf("error %v, want %v", err, tc.is)
-			}
-		})
-	}
-}
-
-func FuzzDecodeCommand(f *testing.F) {
-	for _, ops := range [][]op{
-		nil,
-		{setOp("k", "v")},
-		{setOp("a", "1"), delOp("b"), setOp("a", "")},
-		{{Kind: 3, Key: "x"}},
-		{setOp("", "x")},
-	} {
-		b, err := encodeCommand(&command{Ops: ops})
-		if err != nil {
-			f.Fatal(err)
+		res, ok := r.([]cmdResult)
+		if !ok {
+			t.Errorf("response %d = %v, want results", i, r)
+			continue
 		}
-		f.Add(b)
-		f.Add(b[:len(b)-1])
-	}
-	f.Add([]byte{})
-	f.Add([]byte{2, 0x80})
-	f.Add([]byte{cmdVersion, 0xc1})
-	f.Add([]byte{cmdVersion, 0x81, 0xa1, 'o', 0xdd, 0xff, 0xff, 0xff, 0xff})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := decodeCommand(b)
-		if err != nil {
-			return
-		}
-		for _, o := range c.Ops {
-			if o.Kind != opSet && o.Kind != opDelete || o.Key == "" {
-				t.Fatalf("decodeCommand(%x) accepted op %+v", b, o)
+		for j, c := range res {
+			if c.status != resOK {
+				t.Errorf("response %d, command %d: %+v, want OK", i, j, c)
 			}
-		}
-		b2, err := encodeCommand(&c)
-		if err != nil {
-			t.Fatalf("re-encode %+v: %v", c, err)
-		}
-		c2, err := decodeCommand(b2)
-		if err != nil {
-			t.Fatalf("re-decode: %v", err)
-		}
-		if len(c2.Ops) != len(c.Ops) {
-			t.Fatalf("re-decode: %d ops, want %d", len(c2.Ops), len(c.Ops))
-		}
-		for i := range c.Ops {
-			if c.Ops[i].Kind != c2.Ops[i].Kind || c.Ops[i].Key != c2.Ops[i].Key || !bytes.Equal(c.Ops[i].Value, c2.Ops[i].Value) {
-				t.Fatalf("re-decode: op %d = %+v, want %+v", i, c2.Ops[i], c.Ops[i])
-			}
-		}
-	})
-}
-
-func TestFSMRecordRoundTrip(t *testing.T) {
-	b := encodeRecord(3, 7, []byte("value"))
-	r, err := decodeRecord(b)
-	if err != nil || r.create != 3 || r.mod != 7 || string(r.value) != "value" {
-		t.Fatalf("decodeRecord = %+v, %v", r, err)
-	}
-	for _, bad := range [][]byte{nil, b[:recHeader-1], append([]byte{2}, b[1:]...)} {
-		if _, err := decodeRecord(bad); err == nil {
-			t.Errorf("decodeRecord(%x) succeeded", bad)
 		}
 	}
 }
@@ -449,7 +326,7 @@ func TestFSMApplyUndecodableEntry(t *testing.T) {
 			{Index: 3, Term: 1, Type: raft.LogCommand, Data: nil},
 			{Index: 4, Term: 1, Type: raft.LogCommand, Data: good[:len(good)-2]},
 			{Index: 5, Term: 1, Type: raft.LogCommand, Data: good},
-			{Index: 6, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, setOp("c", "3"), op{Kind: 9, Key: "d"})},
+			{Index: 6, Term: 1, Type: raft.LogCommand, Data: mustEncodeCommand(t, setOp("c", "3"), Op{kind: 9, key: "d"})},
 		}
 		resp := f.ApplyBatch(logs)
 		checkNilResponses(t, resp, len(logs), 1, 2, 3, 5)
@@ -720,21 +597,45 @@ func TestFSMPersistFailureCancelsSink(t *testing.T) {
 	})
 }
 
-// FuzzDecodeRecord: a stored value record read back from the data file
-// either decodes to what its bytes say or is refused; it never panics.
-func FuzzDecodeRecord(f *testing.F) {
-	f.Add(encodeRecord(1, 2, []byte("value")))
-	f.Add(encodeRecord(0, 0, nil))
-	f.Add([]byte{})
-	f.Add([]byte{recVersion})
-	f.Add([]byte{9, 0, 0, 0, 0, 0, 0, 0, 1})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := decodeRecord(b)
-		if err != nil {
-			return
+func TestFSMApplyVersions(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		eng := open(t)
+		f := newTestFSM(t, eng)
+		version := func(want uint64) {
+			t.Helper()
+			err := eng.View(func(tx storage.ReadTx) error {
+				b, ok := tx.Get([]byte("k"))
+				if !ok {
+					if want != 0 {
+						t.Errorf("k absent, want version %d", want)
+					}
+					return nil
+				}
+				r, err := decodeRecord(b)
+				if err != nil || r.version != want {
+					t.Errorf("k = %+v, %v; want version %d", r, err, want)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
-		if again := encodeRecord(r.create, r.mod, r.value); !bytes.Equal(again, b) {
-			t.Fatalf("record %x decodes to %+v, which encodes to %x", b, r, again)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 1, setOp("k", "1"))})
+		version(1)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 2, setOp("k", "2"), setOp("k", "3")), cmdLog(t, 3, setOp("other", "x"))})
+		version(3)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 4, delOp("k"))})
+		version(0)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 5, setOp("k", "again"))})
+		version(1)
+		// A format 1 record counts on from the version it decodes with.
+		if err := eng.Update(6, func(tx storage.WriteTx) error { return tx.Put([]byte("k"), record1(2, 5, "old")) }); err != nil {
+			t.Fatal(err)
 		}
+		version(2)
+		f.ApplyBatch([]*raft.Log{cmdLog(t, 7, setOp("k", "new"))})
+		version(3)
+		checkDump(t, eng, fsmPair{"k", "new", 2, 7}, fsmPair{"other", "x", 3, 3})
 	})
 }

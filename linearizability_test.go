@@ -165,8 +165,8 @@ func linErrClass(err error) string {
 		return "no-leader"
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge):
 		return "bad-input"
-	case errors.Is(err, kv.ErrLeadershipLost):
-		return "leadership-lost"
+	case errors.Is(err, kv.ErrOutcomeUnknown):
+		return "unknown"
 	case errors.Is(err, kv.ErrClosed):
 		return "closed"
 	case errors.Is(err, context.DeadlineExceeded):

@@ -27,6 +27,9 @@ const (
 	DefaultMaxKeySize = 4 << 10
 	// DefaultMaxValueSize is the longest value accepted, in bytes: 1 MiB.
 	DefaultMaxValueSize = 1 << 20
+	// DefaultMaxTxnOps is how many conditions and operations a Txn may
+	// hold in all.
+	DefaultMaxTxnOps = 128
 	// DefaultMaxVoters is how many members vote at most: 5, which tolerates
 	// two failures. Members beyond it replicate as non-voters, and so does
 	// a member whose promotion would make the number of voters even.
@@ -74,6 +77,7 @@ const (
 const (
 	maxMaxKeySize   = 32 << 10 // bbolt's limit on a key
 	maxMaxValueSize = 8 << 20
+	maxMaxTxnOps    = maxBatchOps
 )
 
 // Config configures a Store. The zero value of every field but NodeID and
@@ -150,6 +154,11 @@ type Config struct {
 	// it only for occasional large values. Set the same value on every
 	// member.
 	MaxValueSize int
+	// MaxTxnOps limits the conditions and operations of a Txn, in all.
+	// Default DefaultMaxTxnOps; at most 4096. (A Txn's keys and values are
+	// also limited to 12 MiB in all, so that it fits in one frame of the
+	// transport between members.)
+	MaxTxnOps int
 	// MaxVoters is how many members vote at most. Default DefaultMaxVoters
 	// (5). The members that bootstrap the cluster all start as voters; a
 	// member that joins later is added as a non-voter, and the leader
@@ -327,6 +336,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	if err := def(&c.MaxValueSize, DefaultMaxValueSize, maxMaxValueSize, "MaxValueSize"); err != nil {
+		return c, err
+	}
+	if err := def(&c.MaxTxnOps, DefaultMaxTxnOps, maxMaxTxnOps, "MaxTxnOps"); err != nil {
 		return c, err
 	}
 	if err := def(&c.MaxVoters, DefaultMaxVoters, 0, "MaxVoters"); err != nil {

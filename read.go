@@ -25,33 +25,42 @@ type Pair struct {
 // completed before Get was called. With Stale() it reads this instance's
 // local state at once. The returned slice is the caller's.
 func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
-	if err := s.validate(key, nil); err != nil {
+	r, err := s.lookup(ctx, key, opts)
+	if err != nil {
 		return nil, err
+	}
+	return r.value, nil
+}
+
+// lookup reads the record of key; its value is the caller's, never nil.
+func (s *Store) lookup(ctx context.Context, key string, opts []ReadOption) (record, error) {
+	if err := s.validate(key, nil); err != nil {
+		return record{}, err
 	}
 	ro := collect(opts)
 	if !ro.stale {
 		if err := s.linearize(ctx); err != nil {
-			return nil, err
+			return record{}, err
 		}
 	}
 	if pr, ok := s.eng.(storage.PointReader); ok {
 		b, found, err := pr.Lookup(key, nil)
 		if err != nil {
-			return nil, s.engineErr(err)
+			return record{}, s.engineErr(err)
 		}
 		if !found {
-			return nil, ErrNotFound
+			return record{}, ErrNotFound
 		}
 		r, err := decodeRecord(b)
 		if err != nil {
-			return nil, err
+			return record{}, err
 		}
 		if r.value == nil {
-			return []byte{}, nil
+			r.value = []byte{}
 		}
-		return r.value, nil // b is a copy: the caller's
+		return r, nil // b is a copy: the caller's
 	}
-	var out []byte
+	var out record
 	err := s.eng.View(func(tx storage.ReadTx) error {
 		b, ok := tx.Get([]byte(key))
 		if !ok {
@@ -61,9 +70,10 @@ func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte
 		if err != nil {
 			return err
 		}
-		out = bytes.Clone(r.value)
-		if out == nil {
-			out = []byte{}
+		out = r
+		out.value = bytes.Clone(r.value)
+		if out.value == nil {
+			out.value = []byte{}
 		}
 		return nil
 	})
@@ -74,24 +84,53 @@ func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte
 // the same consistency as Get. Limit and After page through large results.
 // The returned slice and its values are the caller's.
 func (s *Store) List(ctx context.Context, prefix string, opts ...ReadOption) ([]Pair, error) {
-	if err := s.usable(); err != nil {
+	var out []Pair
+	_, err := s.scan(ctx, prefix, opts, func(k []byte, r record) int {
+		out = append(out, Pair{Key: string(k), Value: cloneValue(r.value)})
+		return len(out)
+	})
+	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// cloneValue copies v, never returning nil.
+func cloneValue(v []byte) []byte {
+	if len(v) == 0 {
+		return []byte{}
+	}
+	return bytes.Clone(v)
+}
+
+// scan calls add for every key under prefix that opts select, in key
+// order, on one view of the data, until add returns Limit; it returns the
+// applied index of that view.
+func (s *Store) scan(ctx context.Context, prefix string, opts []ReadOption, add func(k []byte, r record) int) (uint64, error) {
+	if err := s.usable(); err != nil {
+		return 0, err
 	}
 	ro := collect(opts)
 	if !ro.stale {
 		if err := s.linearize(ctx); err != nil {
-			return nil, err
+			return 0, err
 		}
 	}
 	from := []byte(prefix)
 	if ro.hasAf && ro.after >= prefix {
 		from = append([]byte(ro.after), 0) // the smallest key after it
 	}
-	var out []Pair
-	err := s.eng.View(func(tx storage.ReadTx) error {
+	var rev uint64
+	err := s.eng.ViewApplied(func(tx storage.ReadTx, index uint64) error {
+		rev = index
 		var derr error
-		err := tx.Scan(from, func(k, v []byte) bool {
+		sys := false // the store's own keys are next: skip them
+		fn := func(k, v []byte) bool {
 			if !bytes.HasPrefix(k, []byte(prefix)) {
+				return false
+			}
+			if isSysKey(k) {
+				sys = true
 				return false
 			}
 			r, err := decodeRecord(v)
@@ -99,23 +138,22 @@ func (s *Store) List(ctx context.Context, prefix string, opts ...ReadOption) ([]
 				derr = fmt.Errorf("key %q: %w", k, err)
 				return false
 			}
-			out = append(out, Pair{Key: string(k), Value: bytes.Clone(r.value)})
-			return ro.limit <= 0 || len(out) < ro.limit
-		})
+			n := add(k, r)
+			return ro.limit <= 0 || n < ro.limit
+		}
+		err := tx.Scan(from, fn)
+		if err == nil && derr == nil && sys {
+			err = tx.Scan(sysEnd, fn)
+		}
 		if err == nil {
 			err = derr
 		}
 		return err
 	})
 	if err != nil {
-		return nil, s.engineErr(err)
+		return 0, s.engineErr(err)
 	}
-	for i := range out {
-		if out[i].Value == nil {
-			out[i].Value = []byte{}
-		}
-	}
-	return out, nil
+	return rev, nil
 }
 
 func (s *Store) engineErr(err error) error {

@@ -32,7 +32,7 @@ func restoreLogs(id restoreID, stream []byte, chunk int, index uint64) []*raft.L
 func testRestoreStream(t *testing.T) []byte {
 	t.Helper()
 	src := newTestFSM(t, storage.NewMemory())
-	var ops []op
+	var ops []Op
 	for i := 0; i < 200; i++ {
 		ops = append(ops, setOp(string(rune('a'+i%26))+string(rune('a'+i/26)), "restored"))
 	}
@@ -80,7 +80,7 @@ func TestFSMRestore_InstallsAtCommit(t *testing.T) {
 				f.ApplyBatch(all)
 			} else {
 				for _, l := range all[:len(all)-2] {
-					if r := f.ApplyBatch([]*raft.Log{l})[0]; r != nil {
+					if r, isErr := f.ApplyBatch([]*raft.Log{l})[0].(error); isErr {
 						t.Fatalf("entry %d: %v", l.Index, r)
 					}
 				}

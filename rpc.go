@@ -47,7 +47,18 @@ const (
 	// The leader refused the write for want of disk space: nothing done.
 	codeDiskFull uint8 = 8
 	codeRefused  uint8 = 9 // a bootstrap promise refused
+	// The batch was applied, but the results do not fit in one reply:
+	// the follower asks again for each write alone.
+	codeReplyTooLarge uint8 = 10
 )
+
+// maxReplyBytes bounds the reply to a forwarded batch: one frame of the
+// transport, less room for its envelope.
+const maxReplyBytes = transport.DefaultMaxFrame - 64<<10
+
+// errReplyTooLarge is the error of a forwarded batch that was applied but
+// whose results did not fit in one reply.
+var errReplyTooLarge = errors.New("kv: the leader's reply did not fit in a frame")
 
 // errNotLeader is the internal, retryable "ask the leader" condition.
 var errNotLeader = errors.New("kv: not the leader")
@@ -62,20 +73,27 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 	}
 	switch method {
 	case methodApply:
-		c, err := decodeCommand(body)
-		if err == nil {
-			err = s.validateOps(c.Ops)
+		d, err := decodeEntry(body)
+		for i := 0; err == nil && i < len(d.cmds); i++ {
+			err = s.validateCmd(&d.cmds[i])
 		}
 		if err != nil {
 			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
 		}
-		err = s.applyLocal(ctx, c.Ops)
-		if herr := s.halter.halted(); err != nil && herr != nil && !errors.Is(err, ErrOutcomeUnknown) {
+		res, err := s.applyLocal(ctx, d.cmds)
+		if herr := s.halter.halted(); err != nil && herr != nil && !errors.Is(err, ErrOutcomeUnknown) && !errors.Is(err, errUnsure) {
 			// Dropped before it was sent: the follower asks the next
 			// leader.
 			return nil, &transport.Error{Code: codeNotLeader, Msg: herr.Error()}
 		}
-		return nil, toWire(err)
+		if err != nil {
+			return nil, toWire(err)
+		}
+		reply := appendResults(nil, res)
+		if len(reply) > maxReplyBytes {
+			return nil, &transport.Error{Code: codeReplyTooLarge, Msg: fmt.Sprintf("kv: results of %d bytes, over %d", len(reply), maxReplyBytes)}
+		}
+		return reply, nil
 	case methodReadIndex:
 		idx, err := s.readIndexLocal(ctx)
 		if err != nil {
@@ -117,7 +135,7 @@ func toWire(err error) error {
 		return &transport.Error{Code: codeUnknownDiskFull, Msg: err.Error()}
 	case errors.Is(err, ErrOutcomeUnknown) && errors.Is(err, storage.ErrCorrupt):
 		return &transport.Error{Code: codeUnknownCorrupt, Msg: err.Error()}
-	case errors.Is(err, ErrOutcomeUnknown):
+	case errors.Is(err, ErrOutcomeUnknown), errors.Is(err, errUnsure):
 		return &transport.Error{Code: codeUnknown, Msg: err.Error()}
 	case errors.Is(err, ErrClosed):
 		return &transport.Error{Code: codeClosed, Msg: err.Error()}
@@ -128,7 +146,8 @@ func toWire(err error) error {
 }
 
 // fromWire turns an RPC error into a local one; retry says whether the call
-// certainly had no effect and may go to the leader again.
+// certainly had no effect and may go to the leader again. An error
+// wrapping errUnsure means the call may have had its effect.
 func fromWire(err error) (out error, retry bool) {
 	var re *transport.Error
 	switch {
@@ -143,25 +162,25 @@ func fromWire(err error) (out error, retry bool) {
 		case codeDiskFull:
 			return fmt.Errorf("kv: leader: %s: %w", re.Msg, errDiskFullRefused), false
 		case codeTimeout:
-			return fmt.Errorf("%w: %s", context.DeadlineExceeded, re.Msg), false
-		case codeUnknown:
-			return fmt.Errorf("%w: leader: %s", ErrLeadershipLost, re.Msg), false
-		case codeUnknownDiskFull:
-			return fmt.Errorf("%w: leader: %s: %w", ErrOutcomeUnknown, re.Msg, storage.ErrDiskFull), false
-		case codeUnknownCorrupt:
-			return fmt.Errorf("%w: leader: %s: %w", ErrOutcomeUnknown, re.Msg, storage.ErrCorrupt), false
+			// The request's deadline passed on the leader before its
+			// writes were sent: nothing was done.
+			return fmt.Errorf("%w: leader: %s", ErrNoLeader, re.Msg), true
+		case codeUnknown, codeUnknownDiskFull, codeUnknownCorrupt:
+			return fmt.Errorf("%w: leader: %s", errUnsure, re.Msg), false
+		case codeReplyTooLarge:
+			return fmt.Errorf("%w: %s", errReplyTooLarge, re.Msg), false
 		}
-		return fmt.Errorf("kv: leader: %s", re.Msg), false
+		return fmt.Errorf("%w: leader: %s", errUnsure, re.Msg), false
 	case errors.Is(err, transport.ErrNotSent):
 		return fmt.Errorf("%w: %v", ErrNoLeader, err), true
-	case errors.Is(err, transport.ErrConnLost):
-		return fmt.Errorf("%w: %v", ErrLeadershipLost, err), false
 	}
-	return err, false
+	// The connection was lost, or the call timed out, after the request
+	// may have reached the leader.
+	return fmt.Errorf("%w: %v", errUnsure, err), false
 }
 
 // translateRaftErr maps raft's errors to ours. errNotLeader means nothing
-// was done.
+// was done; errUnsure, that Raft took the entry and may commit it.
 func translateRaftErr(err error) error {
 	switch {
 	case err == nil:
@@ -169,7 +188,7 @@ func translateRaftErr(err error) error {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
 		return fmt.Errorf("%w: %v", errNotLeader, err)
 	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrAbortedByRestore):
-		return fmt.Errorf("%w: %v", ErrLeadershipLost, err)
+		return fmt.Errorf("%w: %v", errUnsure, err)
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return fmt.Errorf("%w: %v", ErrClosed, err)
 	}

@@ -12,12 +12,17 @@ import (
 // forwards it to the leader). While there is no leader it waits and retries
 // until ctx ends.
 //
-// An error has one of three meanings. An error wrapping ErrOutcomeUnknown
-// (ErrLeadershipLost does, and so does the error of a ctx that ended after
-// the write was handed to Raft or sent to the leader) means the write may
-// or may not have been applied. Any other error means it was not applied
-// and never will be (bad input, ErrNoLeader, a plain ErrClosed). nil means
-// it was applied.
+// Writes are exactly-once. Each carries this Store's write session and a
+// sequence number; when its reply is lost, or its leader changes under it,
+// it is sent again under the same sequence until it is answered, and the
+// state machine applies it at most once (a repeated one gets the result of
+// the first). nil means the write was applied, once. An error wrapping
+// ErrOutcomeUnknown means it may or may not have been applied, and will
+// not be later: ctx ended while it was in flight (the error wraps ctx's
+// error too), the Store closed under it (ErrClosed too), this member
+// halted, or its session expired (ErrSessionExpired). Any other error
+// means it was not applied (bad input, ErrNoLeader, a plain ErrClosed,
+// ErrDiskFull).
 //
 // Writes issued one after another by one goroutine, through Set, Delete,
 // SetAsync and DeleteAsync alike, are applied in the order they were
@@ -27,7 +32,8 @@ func (s *Store) Set(ctx context.Context, key string, value []byte) error {
 	if err := s.validate(key, value); err != nil {
 		return err
 	}
-	return s.write(ctx, &command{Ops: []op{{Kind: opSet, Key: key, Value: value}}})
+	_, err := s.writeCmd(ctx, newOpWrite(Op{kind: opSet, key: key, value: value}))
+	return err
 }
 
 // Delete removes key. Deleting an absent key is not an error. Its errors
@@ -36,7 +42,8 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.validate(key, nil); err != nil {
 		return err
 	}
-	return s.write(ctx, &command{Ops: []op{{Kind: opDelete, Key: key}}})
+	_, err := s.writeCmd(ctx, newOpWrite(Op{kind: opDelete, key: key}))
+	return err
 }
 
 // SetAsync starts a Set and returns at once; the Future reports its
@@ -50,7 +57,7 @@ func (s *Store) SetAsync(key string, value []byte) *Future {
 	if err := s.validate(key, value); err != nil {
 		return failedFuture(err)
 	}
-	return s.async(&command{Ops: []op{{Kind: opSet, Key: key, Value: value}}})
+	return s.async(newOpWrite(Op{kind: opSet, key: key, value: value}))
 }
 
 // DeleteAsync starts a Delete and returns at once. Like SetAsync it queues
@@ -59,7 +66,7 @@ func (s *Store) DeleteAsync(key string) *Future {
 	if err := s.validate(key, nil); err != nil {
 		return failedFuture(err)
 	}
-	return s.async(&command{Ops: []op{{Kind: opDelete, Key: key}}})
+	return s.async(newOpWrite(Op{kind: opDelete, key: key}))
 }
 
 // Future is the outcome of an asynchronous write. Safe for concurrent use.
@@ -91,9 +98,8 @@ func failedFuture(err error) *Future {
 	return f
 }
 
-// async queues c, before it returns, for at most AsyncWriteTimeout.
-func (s *Store) async(c *command) *Future {
-	w := newWrite(c.Ops)
+// async queues w, before it returns, for at most AsyncWriteTimeout.
+func (s *Store) async(w *pendingWrite) *Future {
 	w.fut = &Future{done: make(chan struct{})}
 	w.deadline = time.Now().Add(s.cfg.AsyncWriteTimeout)
 	if !s.pipe.submit(w) {
@@ -106,38 +112,50 @@ func (s *Store) validate(key string, value []byte) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	return s.validateOps([]op{{Key: key, Value: value}})
-}
-
-func (s *Store) validateOps(ops []op) error {
-	for _, o := range ops {
-		switch {
-		case o.Key == "":
-			return ErrEmptyKey
-		case len(o.Key) > s.cfg.MaxKeySize:
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrKeyTooLarge, len(o.Key), s.cfg.MaxKeySize)
-		case len(o.Value) > s.cfg.MaxValueSize:
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(o.Value), s.cfg.MaxValueSize)
-		}
+	if err := s.validateKey(key); err != nil {
+		return err
+	}
+	if len(value) > s.cfg.MaxValueSize {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(value), s.cfg.MaxValueSize)
 	}
 	return nil
 }
 
-// write queues a command on the write pipeline (batch.go) and waits for
-// its outcome.
-func (s *Store) write(ctx context.Context, c *command) error {
+func (s *Store) validateKey(key string) error {
+	switch {
+	case key == "":
+		return ErrEmptyKey
+	case len(key) > s.cfg.MaxKeySize:
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrKeyTooLarge, len(key), s.cfg.MaxKeySize)
+	case len(key) >= len(sysPrefix) && key[:len(sysPrefix)] == sysPrefix:
+		return fmt.Errorf("%w: %q", ErrReservedKey, key)
+	}
+	return nil
+}
+
+// writeCmd queues the write of one command on the write pipeline
+// (batch.go) and waits for its result.
+func (s *Store) writeCmd(ctx context.Context, w *pendingWrite) (cmdResult, error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("kv: %w", err)
+		return cmdResult{}, fmt.Errorf("kv: %w", err)
 	}
 	if err := s.usable(); err != nil {
-		return err
+		return cmdResult{}, err
 	}
-	w := newWrite(c.Ops)
 	w.ctx = ctx
 	if !s.pipe.submit(w) {
-		return ErrClosed
+		return cmdResult{}, ErrClosed
 	}
-	return s.pipe.wait(ctx, w)
+	if err := s.pipe.wait(ctx, w); err != nil {
+		return cmdResult{}, err
+	}
+	switch r := w.res[0]; r.status {
+	case resTooLarge:
+		return r, fmt.Errorf("%w: the Gets would exceed %d bytes", ErrTxnTooLarge, maxTxnGetBytes)
+	case resInvalid:
+		return r, fmt.Errorf("%w: refused by the state machine", ErrReservedKey)
+	}
+	return w.res[0], nil
 }
 
 // giveUp is the error of a call that ran out of time while retrying.
@@ -157,21 +175,23 @@ func (s *Store) giveUp(ctxErr, last error) error {
 	return fmt.Errorf("%w (%w)", ctxErr, last)
 }
 
-// applyLocal applies ops through this member's Raft, coalesced with
-// concurrent writes into one entry, or fails with errNotLeader (nothing
-// done) if this member does not lead by the time they go out. For writes
-// forwarded by followers, and Restore's marker entry.
-func (s *Store) applyLocal(ctx context.Context, ops []op) error {
+// applyLocal applies the commands of a batch forwarded by a follower
+// through this member's Raft, coalesced with concurrent writes into one
+// entry, or fails with errNotLeader (nothing done) if this member does not
+// lead by the time they go out.
+func (s *Store) applyLocal(ctx context.Context, cmds []command) ([]cmdResult, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	w := newWrite(ops)
+	w := newRemoteWrite(cmds)
 	w.ctx = ctx
-	w.remote = true
 	if !s.pipe.submit(w) {
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	return s.pipe.wait(ctx, w)
+	if err := s.pipe.wait(ctx, w); err != nil {
+		return nil, err
+	}
+	return w.res, nil
 }
 
 // leaderAddr returns the leader's transport address, preferring what gossip

@@ -318,6 +318,18 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 	})
 }
 
+// ViewApplied implements Engine. The index is the newest layer's, or else
+// the one the file records, read in the view's own transaction.
+func (e *Bolt) ViewApplied(fn func(ReadTx, uint64) error) error {
+	return e.viewApplied(func(p, f *layer, file boltTx, index uint64) error {
+		err := fn(layeredTx{top: p, mid: f, file: file}, index)
+		if *file.err != nil {
+			return *file.err
+		}
+		return err
+	})
+}
+
 // view begins a read transaction of the file, then captures the layers,
 // and runs fn on them: one point in time. No lock is held across Begin
 // (which waits while bbolt remaps the file). The file the transaction
@@ -332,6 +344,19 @@ func (e *Bolt) View(fn func(ReadTx) error) error {
 // clone of it (O(1); the next Update copies the nodes it changes), so that
 // it reads one point in time.
 func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
+	return e.viewAt(false, func(p, f *layer, file boltTx, gen, _ uint64) error { return fn(p, f, file, gen) })
+}
+
+// viewApplied is view with the applied index the view reflects instead of
+// the cache generation.
+func (e *Bolt) viewApplied(fn func(p, f *layer, file boltTx, index uint64) error) error {
+	return e.viewAt(true, func(p, f *layer, file boltTx, _, index uint64) error { return fn(p, f, file, index) })
+}
+
+// viewAt is view; with index set it also finds the applied index of the
+// view: the pending layer's (set by every Update since the last swap, with
+// writes or without), else the flushing layer's, else the file's.
+func (e *Bolt) viewAt(index bool, fn func(p, f *layer, file boltTx, gen, index uint64) error) error {
 	for {
 		e.mu.RLock()
 		uerr, db := e.usable(), e.db
@@ -361,6 +386,12 @@ func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
 			return fmt.Errorf("storage: read %s: %w", e.path, err)
 		}
 		p, f := e.pending, e.flushing
+		var idx uint64
+		if index {
+			if idx = p.index; idx == 0 && f != nil {
+				idx = f.index
+			}
+		}
 		if p.empty() {
 			p = nil // not the live layer: Update fills it in place
 		} else {
@@ -368,7 +399,14 @@ func (e *Bolt) view(fn func(p, f *layer, file boltTx, gen uint64) error) error {
 		}
 		e.mu.Unlock()
 		defer tx.Rollback()
-		return e.guard(func() error { return fn(p, f, e.tx(tx), gen) })
+		return e.guard(func() error {
+			if index && idx == 0 {
+				if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) == 8 {
+					idx = binary.BigEndian.Uint64(v)
+				}
+			}
+			return fn(p, f, e.tx(tx), gen, idx)
+		})
 	}
 }
 

@@ -31,6 +31,9 @@ type Engine interface {
 	// View runs fn on a consistent read-only view of the data. Slices handed
 	// to fn are valid only until fn returns.
 	View(fn func(tx ReadTx) error) error
+	// ViewApplied is View that also hands fn the applied index the view
+	// reflects: that of the last Update or Restore whose writes it sees.
+	ViewApplied(fn func(tx ReadTx, index uint64) error) error
 	// Snapshot returns a consistent point-in-time view that stays valid, and
 	// blocks neither Update nor Restore, until Release.
 	Snapshot() (Snapshot, error)
@@ -69,8 +72,8 @@ type ReadTx interface {
 // WriteTx is a read-write transaction. Reads see the transaction's own writes.
 type WriteTx interface {
 	ReadTx
-	// Put stores value under key. The engine may keep the slices until the
-	// transaction ends: the caller must not modify them before.
+	// Put stores value under key. The engine copies both: the caller may
+	// reuse the slices as soon as Put returns.
 	Put(key, value []byte) error
 	// Delete removes key; an absent key is not an error.
 	Delete(key []byte) error

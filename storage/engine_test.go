@@ -278,6 +278,49 @@ func testEngine(t *testing.T, open func(t *testing.T) Engine) {
 		}
 	})
 
+	t.Run("ViewApplied", func(t *testing.T) {
+		e := open(t)
+		viewed := func(want uint64, pairs []kv) {
+			t.Helper()
+			err := e.ViewApplied(func(tx ReadTx, index uint64) error {
+				if index != want {
+					t.Errorf("ViewApplied index %d, want %d", index, want)
+				}
+				diffPairs(t, "ViewApplied", scanAll(t, tx, nil), pairs)
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("ViewApplied: %v", err)
+			}
+		}
+		viewed(0, nil)
+		putAll(t, e, 3, []kv{{"a", "1"}})
+		viewed(3, []kv{{"a", "1"}})
+		mustUpdate(t, e, 5, func(WriteTx) error { return nil }) // no writes
+		viewed(5, []kv{{"a", "1"}})
+		if f, ok := e.(interface{ Flush() error }); ok {
+			if err := f.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			viewed(5, []kv{{"a", "1"}}) // from the file
+			putAll(t, e, 6, []kv{{"b", "2"}})
+			viewed(6, []kv{{"a", "1"}, {"b", "2"}})
+		} else {
+			putAll(t, e, 6, []kv{{"b", "2"}})
+		}
+		if err := e.Restore(bytes.NewReader(streamOf(t, 9, []kv{{"r", "x"}}))); err != nil {
+			t.Fatal(err)
+		}
+		viewed(9, []kv{{"r", "x"}})
+		if err := e.ViewApplied(func(ReadTx, uint64) error { return errBoom }); !errors.Is(err, errBoom) {
+			t.Errorf("ViewApplied returning errBoom = %v", err)
+		}
+		e.Close()
+		if err := e.ViewApplied(func(ReadTx, uint64) error { return nil }); !errors.Is(err, ErrClosed) {
+			t.Errorf("ViewApplied after Close = %v, want ErrClosed", err)
+		}
+	})
+
 	t.Run("CallerMayReuseSlicesAfterUpdate", func(t *testing.T) {
 		e := open(t)
 		k, v := []byte("key"), []byte("value")
@@ -693,6 +736,24 @@ func testConcurrentReaders(t *testing.T, e Engine) {
 			}
 		})
 	}
+	wg.Go(func() {
+		who := "ViewApplied reader"
+		for i := 0; i < maxReads && !done.Load(); i++ {
+			var n, index uint64
+			var ok bool
+			if err := e.ViewApplied(func(tx ReadTx, idx uint64) error { index = idx; n, ok = check(tx, who); return nil }); err != nil {
+				t.Errorf("%s: ViewApplied: %v", who, err)
+				return
+			}
+			if !ok {
+				return
+			}
+			if index != n {
+				t.Errorf("%s: the view shows counter %d at applied index %d", who, n, index)
+				return
+			}
+		}
+	})
 	for r := range 2 {
 		wg.Go(func() {
 			who := fmt.Sprintf("Snapshot reader %d", r)

@@ -84,6 +84,15 @@ func (m *Memory) View(fn func(ReadTx) error) error {
 	return fn(memTx{t: t})
 }
 
+// ViewApplied implements Engine.
+func (m *Memory) ViewApplied(fn func(ReadTx, uint64) error) error {
+	st := m.cur.Load()
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return fn(memTx{t: st.tree}, st.applied)
+}
+
 // Snapshot implements Engine.
 func (m *Memory) Snapshot() (Snapshot, error) {
 	st := m.cur.Load()
