@@ -199,7 +199,7 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 			return p.giveUp(w, ctx.Err())
 		}
 		if last := w.lastErr(); last != nil {
-			return fmt.Errorf("kv: write: %w (%w; an earlier attempt: %w)", ctx.Err(), ErrOutcomeUnknown, last)
+			return fmt.Errorf("kv: write: %w (%w; an earlier attempt: %v)", ctx.Err(), ErrOutcomeUnknown, last)
 		}
 		return fmt.Errorf("kv: write: %w (%w)", ctx.Err(), ErrOutcomeUnknown)
 	case <-p.s.halter.ch:
@@ -218,7 +218,7 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 func (p *pipeline) giveUp(w *pendingWrite, ctxErr error) error {
 	if w.maybe.Load() {
 		if last := w.lastErr(); last != nil {
-			return fmt.Errorf("kv: write: %w (%w; the last attempt: %w)", ctxErr, ErrOutcomeUnknown, last)
+			return fmt.Errorf("kv: write: %w (%w; the last attempt: %v)", ctxErr, ErrOutcomeUnknown, last)
 		}
 		return fmt.Errorf("kv: write: %w (%w)", ctxErr, ErrOutcomeUnknown)
 	}

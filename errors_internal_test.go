@@ -159,3 +159,23 @@ func TestReadErrors_SpeakOfReads(t *testing.T) {
 		t.Errorf("verifyErr(shutdown) = %v, want ErrClosed", err)
 	}
 }
+
+// A write whose time ran out after it may have been sent is unknown, and
+// says nothing that means "not applied": its error never wraps ErrNoLeader,
+// whatever its last attempt met.
+func TestGiveUp_UnknownNeverWrapsNoLeader(t *testing.T) {
+	p := &pipeline{s: &Store{ctx: context.Background(), halter: newHalter()}}
+	w := &pendingWrite{}
+	w.maybe.Store(true)
+	w.requeued(fmt.Errorf("%w: leader did not answer", ErrNoLeader))
+	err := p.giveUp(w, context.DeadlineExceeded)
+	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("giveUp = %v; want ErrOutcomeUnknown and DeadlineExceeded", err)
+	}
+	if errors.Is(err, ErrNoLeader) {
+		t.Fatalf("giveUp = %v: wraps ErrNoLeader, which means the write was not applied", err)
+	}
+	if !strings.Contains(err.Error(), "leader did not answer") {
+		t.Fatalf("giveUp = %v: does not name the last attempt's failure", err)
+	}
+}

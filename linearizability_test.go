@@ -161,12 +161,14 @@ var linModel = porcupine.Model{
 // linErrClass names the kind of a call's error.
 func linErrClass(err error) string {
 	switch {
+	case errors.Is(err, kv.ErrOutcomeUnknown):
+		// First: an error that leaves the outcome unknown is unknown,
+		// whatever else it names.
+		return "unknown"
 	case errors.Is(err, kv.ErrNoLeader):
 		return "no-leader"
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge):
 		return "bad-input"
-	case errors.Is(err, kv.ErrOutcomeUnknown):
-		return "unknown"
 	case errors.Is(err, kv.ErrClosed):
 		return "closed"
 	case errors.Is(err, context.DeadlineExceeded):
