@@ -40,6 +40,8 @@ func newAPI(store *kv.Store, timeout time.Duration) *api {
 	a.mux.HandleFunc("GET /api/get", a.get)
 	a.mux.HandleFunc("GET /api/list", a.list)
 	a.mux.HandleFunc("DELETE /api/delete", a.del)
+	a.mux.HandleFunc("POST /api/cas", a.cas)
+	a.mux.HandleFunc("POST /api/txn", a.txn)
 	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
 	a.mux.HandleFunc("GET /health", a.health)
 	return a
@@ -117,8 +119,11 @@ func (a *api) status(err error) int {
 	switch {
 	case errors.Is(err, kv.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge):
+	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge),
+		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrTxnTooLarge):
 		return http.StatusBadRequest
+	case errors.Is(err, kv.ErrConflict):
+		return http.StatusConflict
 	case errors.Is(err, kv.ErrOutcomeUnknown):
 		// Before the others: a write caught by a halt, a full disk, Close
 		// or a deadline after it was sent wraps them too.
@@ -219,7 +224,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	v, err := a.store.Get(ctx, key, opts...)
+	e, err := a.store.GetEntry(ctx, key, opts...)
 	if errors.Is(err, kv.ErrNotFound) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"key": key, "found": false, "error": err.Error()})
 		return
@@ -228,12 +233,8 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"key": key, "value": string(v), "found": true})
-}
-
-type pair struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
+	writeJSON(w, http.StatusOK, map[string]any{"key": key, "value": string(e.Value), "found": true,
+		"create_rev": e.CreateRev, "mod_rev": e.ModRev, "version": e.Version})
 }
 
 // list answers at most limit pairs (defaultListLimit without limit=), and
@@ -262,20 +263,20 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	pairs, err := a.store.List(ctx, q.Get("prefix"), opts...)
+	entries, rev, err := a.store.ListEntries(ctx, q.Get("prefix"), opts...)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	more := len(pairs) > limit
+	more := len(entries) > limit
 	if more {
-		pairs = pairs[:limit]
+		entries = entries[:limit]
 	}
-	out := make([]pair, len(pairs))
-	for i, p := range pairs {
-		out[i] = pair{p.Key, string(p.Value)}
+	out := make([]entry, len(entries))
+	for i, e := range entries {
+		out[i] = toEntry(e)
 	}
-	body := map[string]any{"pairs": out, "more": more}
+	body := map[string]any{"pairs": out, "more": more, "revision": rev}
 	if more {
 		body["next"] = out[len(out)-1].Key
 	}

@@ -121,9 +121,10 @@ func TestAPI_Set_BodyMustBeOneObject(t *testing.T) {
 }
 
 type listAnswer struct {
-	Pairs []pair `json:"pairs"`
-	More  *bool  `json:"more"`
-	Next  string `json:"next"`
+	Pairs    []entry `json:"pairs"`
+	Revision uint64  `json:"revision"`
+	More     *bool   `json:"more"`
+	Next     string  `json:"next"`
 }
 
 func list(t *testing.T, srv *httptest.Server, query url.Values) listAnswer {
@@ -278,6 +279,11 @@ func TestAPI_WriteOutcomeUnknown_504(t *testing.T) {
 	}))
 	leader := c.Leader()
 	srv := serve(t, c.Node(leader), 300*time.Millisecond)
+	// A first write registers the member's write session with the
+	// cluster: later writes go straight to Raft.
+	if code, _, body := do(t, "POST", srv.URL+"/api/set", []byte(`{"key":"first","value":"v"}`)); code != 200 {
+		t.Fatalf("first write: %d %s", code, body)
+	}
 	for i := range c.N() {
 		if i != leader {
 			c.Kill(i)
