@@ -10,6 +10,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"time"
 
 	kv "github.com/cohortkv/kv"
@@ -513,4 +515,129 @@ func ExampleStore_Leave() {
 	// voters after: 2
 	// leaver closed: true
 	// write: <nil>
+}
+
+// An optimistic counter: read the value and its revision, write the next
+// value only if nobody wrote in between, and on a conflict read again. Any
+// number of goroutines, on any instances, can increment it without losing
+// an increment.
+func ExampleStore_CompareAndSet() {
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	increment := func() error {
+		for {
+			e, err := s.GetEntry(ctx, "hits")
+			if err != nil && !errors.Is(err, kv.ErrNotFound) {
+				return err
+			}
+			n, _ := strconv.Atoi(string(e.Value)) // absent: ModRev 0, n 0
+			_, err = s.CompareAndSet(ctx, "hits", []byte(strconv.Itoa(n+1)), e.ModRev)
+			if !errors.Is(err, kv.ErrConflict) {
+				return err // nil: applied exactly once
+			}
+			// Somebody else incremented first: try again on their value.
+		}
+	}
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := increment(); err != nil {
+				fmt.Println(err)
+			}
+		}()
+	}
+	wg.Wait()
+
+	e, err := s.GetEntry(ctx, "hits")
+	fmt.Printf("hits = %s, version %d, %v\n", e.Value, e.Version, err)
+
+	// A conflict carries the key's current entry.
+	_, err = s.CompareAndSet(ctx, "hits", []byte("0"), 1)
+	var ce *kv.ConflictError
+	if errors.As(err, &ce) {
+		fmt.Printf("conflict: hits is at %s\n", ce.Current.Value)
+	}
+	// Output:
+	// hits = 10, version 10, <nil>
+	// conflict: hits is at 10
+}
+
+// A transfer between two accounts: both balances change in one transaction,
+// and only if neither changed since they were read; every reader sees the
+// same total.
+func ExampleStore_Txn() {
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	// Open both accounts, if neither exists yet.
+	if _, err := s.Txn(ctx, kv.Txn{
+		If:   []kv.Cond{kv.Absent("acct/alice"), kv.Absent("acct/bob")},
+		Then: []kv.Op{kv.OpSet("acct/alice", []byte("100")), kv.OpSet("acct/bob", []byte("0"))},
+	}); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	transfer := func(from, to string, amount int) (bool, error) {
+		a, err := s.GetEntry(ctx, from)
+		if err != nil {
+			return false, err
+		}
+		b, err := s.GetEntry(ctx, to)
+		if err != nil {
+			return false, err
+		}
+		av, _ := strconv.Atoi(string(a.Value))
+		bv, _ := strconv.Atoi(string(b.Value))
+		if av < amount {
+			return false, nil
+		}
+		res, err := s.Txn(ctx, kv.Txn{
+			If: []kv.Cond{kv.ModRevIs(from, a.ModRev), kv.ModRevIs(to, b.ModRev)},
+			Then: []kv.Op{
+				kv.OpSet(from, []byte(strconv.Itoa(av-amount))),
+				kv.OpSet(to, []byte(strconv.Itoa(bv+amount))),
+			},
+			// If either changed, nothing is written; read both instead.
+			Else: []kv.Op{kv.OpGet(from), kv.OpGet(to)},
+		})
+		return res.Succeeded, err
+	}
+	ok, err := transfer("acct/alice", "acct/bob", 30)
+	fmt.Println("transfer:", ok, err)
+
+	entries, _, err := s.ListEntries(ctx, "acct/")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, e := range entries {
+		fmt.Printf("%s = %s (version %d)\n", e.Key, e.Value, e.Version)
+	}
+	// Output:
+	// transfer: true <nil>
+	// acct/alice = 70 (version 2)
+	// acct/bob = 30 (version 2)
 }
