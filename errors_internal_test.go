@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -133,5 +134,30 @@ func TestErrors_WriteOutcomes(t *testing.T) {
 		if errors.Is(err, ErrOutcomeUnknown) {
 			t.Errorf("%v wraps ErrOutcomeUnknown", err)
 		}
+	}
+}
+
+// An unknown outcome keeps what the last attempt met as text, and wraps a
+// full disk or damage, but never an error that says "not applied".
+func TestErrors_UnknownOutcomeWrapsNoRefusal(t *testing.T) {
+	for _, last := range []error{nil, ErrNoLeader, fmt.Errorf("%w: x", errNotLeader), errDiskFullRefused, fmt.Errorf("%w: bad", errRefused), fmt.Errorf("%w: leader: eio", storage.ErrCorrupt), errSessionLost} {
+		err := unknownOutcome(context.DeadlineExceeded, last)
+		if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("last %v: %v does not wrap ErrOutcomeUnknown and the ctx's error", last, err)
+		}
+		for _, notApplied := range []error{ErrNoLeader, errNotLeader, errDiskFullRefused, errRefused, errSessionLost} {
+			if errors.Is(err, notApplied) {
+				t.Errorf("last %v: %v wraps %v", last, err, notApplied)
+			}
+		}
+		if last != nil && !strings.Contains(err.Error(), last.Error()) {
+			t.Errorf("%v does not say what the last attempt met (%v)", err, last)
+		}
+	}
+	if err := unknownOutcome(context.Canceled, errDiskFullRefused); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("%v: lost the full disk", err)
+	}
+	if err := unknownOutcome(context.Canceled, fmt.Errorf("%w: leader: eio", storage.ErrCorrupt)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%v: lost the damage", err)
 	}
 }
