@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/storage"
 )
 
 // The write pipeline: every write of a Store, synchronous or not, enters one
@@ -198,10 +200,7 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 			w.release()
 			return p.giveUp(w, ctx.Err())
 		}
-		if last := w.lastErr(); last != nil {
-			return fmt.Errorf("kv: write: %w (%w; an earlier attempt: %v)", ctx.Err(), ErrOutcomeUnknown, last)
-		}
-		return fmt.Errorf("kv: write: %w (%w)", ctx.Err(), ErrOutcomeUnknown)
+		return unknownOutcome(ctx.Err(), w.lastErr())
 	case <-p.s.halter.ch:
 		if w.state.CompareAndSwap(wQueued, wDropped) {
 			w.release()
@@ -217,12 +216,26 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 // giveUp is the error of a queued write whose time is up.
 func (p *pipeline) giveUp(w *pendingWrite, ctxErr error) error {
 	if w.maybe.Load() {
-		if last := w.lastErr(); last != nil {
-			return fmt.Errorf("kv: write: %w (%w; the last attempt: %v)", ctxErr, ErrOutcomeUnknown, last)
-		}
-		return fmt.Errorf("kv: write: %w (%w)", ctxErr, ErrOutcomeUnknown)
+		return unknownOutcome(ctxErr, w.lastErr())
 	}
 	return p.s.giveUp(ctxErr, w.lastErr())
+}
+
+// unknownOutcome is the error of a write whose ctx ended after it may have
+// been applied. It says what the last attempt met, and wraps ctxErr and
+// ErrOutcomeUnknown, and a full disk or damage the last attempt met, but
+// never an error that says "not applied" (ErrNoLeader, a refusal): an
+// earlier attempt may have been.
+func unknownOutcome(ctxErr, last error) error {
+	switch {
+	case last == nil:
+		return fmt.Errorf("kv: write: %w (%w)", ctxErr, ErrOutcomeUnknown)
+	case errors.Is(last, storage.ErrDiskFull):
+		return fmt.Errorf("kv: write: %w (%w; the last attempt: %v: %w)", ctxErr, ErrOutcomeUnknown, last, storage.ErrDiskFull)
+	case errors.Is(last, storage.ErrCorrupt):
+		return fmt.Errorf("kv: write: %w (%w; the last attempt: %v: %w)", ctxErr, ErrOutcomeUnknown, last, storage.ErrCorrupt)
+	}
+	return fmt.Errorf("kv: write: %w (%w; the last attempt: %v)", ctxErr, ErrOutcomeUnknown, last)
 }
 
 // run sends the queue's writes until the Store closes. Owned by the Store.

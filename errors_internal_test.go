@@ -160,22 +160,27 @@ func TestReadErrors_SpeakOfReads(t *testing.T) {
 	}
 }
 
-// A write whose time ran out after it may have been sent is unknown, and
-// says nothing that means "not applied": its error never wraps ErrNoLeader,
-// whatever its last attempt met.
-func TestGiveUp_UnknownNeverWrapsNoLeader(t *testing.T) {
-	p := &pipeline{s: &Store{ctx: context.Background(), halter: newHalter()}}
-	w := &pendingWrite{}
-	w.maybe.Store(true)
-	w.requeued(fmt.Errorf("%w: leader did not answer", ErrNoLeader))
-	err := p.giveUp(w, context.DeadlineExceeded)
-	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("giveUp = %v; want ErrOutcomeUnknown and DeadlineExceeded", err)
+// An unknown outcome keeps what the last attempt met as text, and wraps a
+// full disk or damage, but never an error that says "not applied".
+func TestErrors_UnknownOutcomeWrapsNoRefusal(t *testing.T) {
+	for _, last := range []error{nil, ErrNoLeader, fmt.Errorf("%w: x", errNotLeader), errDiskFullRefused, fmt.Errorf("%w: bad", errRefused), fmt.Errorf("%w: leader: eio", storage.ErrCorrupt), errSessionLost} {
+		err := unknownOutcome(context.DeadlineExceeded, last)
+		if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("last %v: %v does not wrap ErrOutcomeUnknown and the ctx's error", last, err)
+		}
+		for _, notApplied := range []error{ErrNoLeader, errNotLeader, errDiskFullRefused, errRefused, errSessionLost} {
+			if errors.Is(err, notApplied) {
+				t.Errorf("last %v: %v wraps %v", last, err, notApplied)
+			}
+		}
+		if last != nil && !strings.Contains(err.Error(), last.Error()) {
+			t.Errorf("%v does not say what the last attempt met (%v)", err, last)
+		}
 	}
-	if errors.Is(err, ErrNoLeader) {
-		t.Fatalf("giveUp = %v: wraps ErrNoLeader, which means the write was not applied", err)
+	if err := unknownOutcome(context.Canceled, errDiskFullRefused); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("%v: lost the full disk", err)
 	}
-	if !strings.Contains(err.Error(), "leader did not answer") {
-		t.Fatalf("giveUp = %v: does not name the last attempt's failure", err)
+	if err := unknownOutcome(context.Canceled, fmt.Errorf("%w: leader: eio", storage.ErrCorrupt)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%v: lost the damage", err)
 	}
 }

@@ -304,7 +304,9 @@ func (t *sessionTable) drop(s *sessState) error {
 		}
 	}
 	s.res, s.gone, s.dirty = nil, true, true
-	t.meta.count--
+	if t.meta.count > 0 {
+		t.meta.count--
+	}
 	t.meta.dirty = true
 	return nil
 }
