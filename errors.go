@@ -52,6 +52,12 @@ var (
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")
+	// ErrNewerFormat is wrapped by the halt error of a member whose Raft
+	// log holds an entry in a format newer than its version of this
+	// package reads: a member of a newer version wrote it. The member
+	// halts rather than skip the entry and diverge; upgrade it and start
+	// it again.
+	ErrNewerFormat = errors.New("kv: log entry from a newer version")
 	// ErrLostState is returned by Open when DataDir holds no Raft state but
 	// the cluster it joins counts this NodeID as a voter (its DataDir was
 	// emptied or replaced): it would vote without the log it acknowledged.

@@ -142,6 +142,14 @@ func abandon(resp []any) []any {
 // transaction that records index as applied, writing their responses into
 // resp. It returns false if the Store stopped before it succeeded.
 func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bool {
+	for _, l := range logs {
+		if l.Index > from && l.Type == raft.LogCommand && !knownFormat(l.Data) {
+			// Skipping it would be the same on every member of this
+			// version, but not on those of the version that wrote it.
+			f.halt(fmt.Errorf("%w: entry %d is in format %d, this version reads %d and %d: upgrade this member", ErrNewerFormat, l.Index, l.Data[0], cmdVersion1, cmdVersion))
+			return false
+		}
+	}
 	apply := func(tx storage.WriteTx) error {
 		a := applier{tx: tx, sessions: sessionTable{tx: tx}}
 		for i, l := range logs {

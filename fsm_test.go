@@ -322,7 +322,7 @@ func TestFSMApplyUndecodableEntry(t *testing.T) {
 		good := mustEncodeCommand(t, setOp("b", "2"))
 		logs := []*raft.Log{
 			cmdLog(t, 1, setOp("a", "1")),
-			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{0xff, 0x00}},
+			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{cmdVersion, 0xff, 0x00}},
 			{Index: 3, Term: 1, Type: raft.LogCommand, Data: nil},
 			{Index: 4, Term: 1, Type: raft.LogCommand, Data: good[:len(good)-2]},
 			{Index: 5, Term: 1, Type: raft.LogCommand, Data: good},
@@ -343,6 +343,33 @@ func TestFSMApplyUndecodableEntry(t *testing.T) {
 			t.Errorf("Apply(garbage) = %v, want an error", r)
 		}
 		checkApplied(t, eng, 7)
+	})
+}
+
+// An entry in a format this version does not read was written by a newer
+// version: the member halts before it, instead of skipping it as the
+// members of the newer version would not.
+func TestFSMNewerFormatHalts(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		eng := open(t)
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		var halted error
+		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err })
+		resp := f.ApplyBatch([]*raft.Log{
+			cmdLog(t, 1, setOp("a", "1")),
+			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{cmdVersion + 1, 0, 0}},
+			cmdLog(t, 3, setOp("b", "2")),
+		})
+		if !errors.Is(halted, ErrNewerFormat) {
+			t.Fatalf("halt error %v, want ErrNewerFormat", halted)
+		}
+		for i, r := range resp {
+			if err, ok := r.(error); !ok || !errors.Is(err, ErrClosed) {
+				t.Errorf("response %d = %v, want ErrClosed (not applied here)", i, r)
+			}
+		}
+		checkApplied(t, eng, 0)
 	})
 }
 
