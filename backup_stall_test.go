@@ -11,7 +11,7 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // stuckWriter never returns from Write until unblock is closed.

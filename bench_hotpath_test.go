@@ -23,7 +23,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/cohortkv/kv/internal/logging"
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 const (

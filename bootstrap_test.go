@@ -8,7 +8,7 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
-	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/discovery"
 )
 
 // startHand opens members named ids, all with BootstrapExpect expect, each

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/discovery"
 )
 
 // bootstrapLoop runs on an instance without Raft state until the cluster

@@ -22,7 +22,7 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // These tests kill -9 real child processes (see runCrashChild) while a

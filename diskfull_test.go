@@ -14,8 +14,8 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/internal/storage"
 	"github.com/cohortkv/kv/kvtest"
-	"github.com/cohortkv/kv/storage"
 )
 
 // mountTmpfs mounts a size-limited tmpfs for the test, or skips.

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // Errors returned by a Store. Compare with errors.Is: returned errors often

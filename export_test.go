@@ -3,8 +3,8 @@ package kv
 import (
 	"time"
 
-	"github.com/cohortkv/kv/discovery"
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/discovery"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // SetBoltOptions makes the Stores opened from now on open their data files

@@ -13,7 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/cohortkv/kv/internal/logging"
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // The state machine's tests run without Raft: logs are built by hand.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // rawRaftLayer lets a test speak hashicorp/raft's protocol to a member's

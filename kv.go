@@ -20,11 +20,11 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/discovery"
 	"github.com/cohortkv/kv/internal/hooks"
 	"github.com/cohortkv/kv/internal/logging"
-	"github.com/cohortkv/kv/storage"
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/storage"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // Store is one instance of a replicated key-value store. It is safe for

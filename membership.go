@@ -12,7 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/discovery"
 )
 
 // maxPromotionLag is how far behind the leader's commit index a non-voter

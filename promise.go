@@ -12,9 +12,9 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/discovery"
-	"github.com/cohortkv/kv/storage"
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/discovery"
+	"github.com/cohortkv/kv/internal/storage"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // Bootstrap promises. Gossip views can be partial while instances start:

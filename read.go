@@ -10,8 +10,8 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/storage"
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/storage"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // Pair is a key and its value, as List returns them.

@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cohortkv/kv/discovery"
+	"github.com/cohortkv/kv/internal/discovery"
 	"github.com/cohortkv/kv/internal/logging"
-	"github.com/cohortkv/kv/storage"
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/storage"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // rebuildMarker is the file in DataDir that says a Rebuild has begun but is

@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // A restore travels through the Raft log, so that every member does the

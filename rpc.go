@@ -8,8 +8,8 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/cohortkv/kv/storage"
-	"github.com/cohortkv/kv/transport"
+	"github.com/cohortkv/kv/internal/storage"
+	"github.com/cohortkv/kv/internal/transport"
 )
 
 // RPC methods between members, on the transport's RPC protocol.

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	kv "github.com/cohortkv/kv"
+	"github.com/cohortkv/kv/internal/transport"
 	"github.com/cohortkv/kv/kvtest"
-	"github.com/cohortkv/kv/transport"
 )
 
 func TestSecure_MutualTLSClusterWorks(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // The session table makes writes exactly-once. Every Store writes under a

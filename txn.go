@@ -5,7 +5,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/cohortkv/kv/storage"
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // Txn is a transaction: if every condition in If holds, the operations of

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohortkv/kv/internal/transport"
 	"github.com/cohortkv/kv/kvtest"
-	"github.com/cohortkv/kv/transport"
 )
 
 // A mux with server and client TLS: an RPC between two of them works; a
