@@ -5,7 +5,7 @@ package storage
 // BenchmarkBigStorage: snapshot and restore of 1 GiB of data in the bbolt
 // engine, with the time and the peak resident memory (VmHWM) of each phase.
 //
-//	KV_BIG=1 go test -run '^$' -bench BigStorage -benchtime 1x -timeout 60m ./storage/
+//	KV_BIG=1 go test -run '^$' -bench BigStorage -benchtime 1x -timeout 60m ./internal/storage/
 //
 // Without KV_BIG=1 it runs the same phases on 8 MiB, in seconds. Every phase
 // runs in a fresh child process (this test binary, re-executed with
