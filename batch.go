@@ -166,6 +166,9 @@ type pipeline struct {
 	// answered a forwarded one (as if the connection dropped).
 	loseApplied atomic.Int32
 	loseReplies atomic.Int32
+
+	// written holds the keys the batch being cut writes (cut's own).
+	written map[string]struct{}
 }
 
 func newPipeline(s *Store) *pipeline {
@@ -504,6 +507,7 @@ func (p *pipeline) expire(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 func (p *pipeline) cut(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 	cur := p.sess.Load()
 	n, ops, size := 0, 0, 0
+	clear(p.written)
 	for ; n < len(queue); n++ {
 		w := queue[n]
 		if w.state.Load() != wQueued {
@@ -515,7 +519,8 @@ func (p *pipeline) cut(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 			}
 			continue
 		}
-		if len(batch) > 0 && (ops+w.nops > maxBatchOps || size+w.size > maxBatchBytes) {
+		again := p.writesAgain(w)
+		if len(batch) > 0 && (ops+w.nops > maxBatchOps || size+w.size > maxBatchBytes || again) {
 			break
 		}
 		if !w.state.CompareAndSwap(wQueued, wSent) {
@@ -528,6 +533,40 @@ func (p *pipeline) cut(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 		ops, size = ops+w.nops, size+w.size
 	}
 	return batch, append([]*pendingWrite(nil), queue[n:]...)
+}
+
+// writesAgain says whether w writes a key that a write already in the
+// batch being cut writes, and records w's keys as written otherwise. A
+// revision is the index of the entry that made a change: two writes of one
+// key in one entry would share it, and a compare-and-set on the revision
+// the first returned would succeed over the second. Such a write starts
+// the next entry instead. (The writes of one command are checked when it
+// is made: a Txn writes a key once per branch.)
+func (p *pipeline) writesAgain(w *pendingWrite) bool {
+	if p.written == nil {
+		p.written = map[string]struct{}{}
+	}
+	for i := range w.cmds {
+		for _, branch := range [2][]Op{w.cmds[i].then, w.cmds[i].els} {
+			for _, o := range branch {
+				if o.kind != opGet {
+					if _, ok := p.written[o.key]; ok {
+						return true
+					}
+				}
+			}
+		}
+	}
+	for i := range w.cmds {
+		for _, branch := range [2][]Op{w.cmds[i].then, w.cmds[i].els} {
+			for _, o := range branch {
+				if o.kind != opGet {
+					p.written[o.key] = struct{}{}
+				}
+			}
+		}
+	}
+	return false
 }
 
 // sequence gives a write of this Store its session and sequence, or keeps

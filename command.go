@@ -245,9 +245,10 @@ var errMalformed = errors.New("kv: malformed command")
 // decodeEntry decodes a command entry of either format. It never panics;
 // the commands alias b.
 // knownFormat says whether a command entry's first byte names a format
-// this version reads (an empty entry is damage, not a format).
+// this version reads: a command format, or a restore entry (an empty entry
+// is damage, not a format).
 func knownFormat(b []byte) bool {
-	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion1
+	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion1 || b[0] == entryRestore
 }
 
 func decodeEntry(b []byte) (d decoded, err error) {

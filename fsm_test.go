@@ -373,6 +373,29 @@ func TestFSMNewerFormatHalts(t *testing.T) {
 	})
 }
 
+// A damaged restore entry is damage, the same on every member: skipped,
+// not taken for an entry of a newer version.
+func TestFSMDamagedRestoreEntryIsSkipped(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		eng := open(t)
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		var halted error
+		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err })
+		resp := f.ApplyBatch([]*raft.Log{
+			{Index: 1, Term: 1, Type: raft.LogCommand, Data: []byte{entryRestore, 0xff}},
+			cmdLog(t, 2, setOp("a", "1")),
+		})
+		if halted != nil {
+			t.Fatalf("halted: %v", halted)
+		}
+		if err, ok := resp[0].(error); !ok || err == nil {
+			t.Errorf("response to the damaged restore entry = %v, want an error", resp[0])
+		}
+		checkApplied(t, eng, 2)
+	})
+}
+
 func TestFSMAppliedChan(t *testing.T) {
 	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
 		f := newTestFSM(t, open(t))

@@ -17,7 +17,8 @@ import (
 // nor votes and the others elect a leader without it; it applies nothing
 // more and writes nothing more to its Raft storage (raftStorage), so its
 // files keep what it acknowledged; and every call on it returns the halt
-// error, which wraps ErrCorrupt or ErrDiskFull. Raft keeps running, cut off, until Close, so that no
+// error, which wraps ErrCorrupt, ErrDiskFull or ErrNewerFormat. Raft keeps
+// running, cut off, until Close, so that no
 // future raft hands out is left unanswered. The member is repaired with
 // Rebuild, or, for a disk that was full, by a restart once space is back.
 type halter struct {
@@ -41,10 +42,15 @@ func (h *halter) halted() error {
 func (s *Store) halt(cause error) {
 	s.halter.once.Do(func() {
 		err := cause
-		if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrDiskFull) {
-			err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+		switch {
+		case errors.Is(err, ErrNewerFormat):
+			err = fmt.Errorf("kv: member %s halted, it cannot go on (upgrade it to the version of the other members, then start it again): %w", s.cfg.NodeID, err)
+		default:
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrDiskFull) {
+				err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+			}
+			err = fmt.Errorf("kv: member %s halted, it cannot go on (restart it once the disk has space, or repair it with Rebuild): %w", s.cfg.NodeID, err)
 		}
-		err = fmt.Errorf("kv: member %s halted, it cannot go on (restart it once the disk has space, or repair it with Rebuild): %w", s.cfg.NodeID, err)
 		s.halter.err.Store(&err)
 		if s.mux != nil {
 			s.mux.Raft().Fence()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -424,6 +425,62 @@ func TestStore_GroupCommit_PerWriterResults(t *testing.T) {
 	}
 	if v, err := c.nodes[2].Get(ctx, "guard"); err != nil || string(v) != "g" {
 		t.Fatalf("guard: %q, %v", v, err)
+	}
+}
+
+// Writes of one key never share an entry, so each gets a revision of its
+// own: a compare-and-set on the revision a write returned fails if another
+// write of the key came after it, even one group-committed with it.
+func TestStore_GroupCommit_OneWriteOfAKeyPerEntry(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := ctxT(t, 2*time.Minute)
+	if err := c.nodes[0].Set(ctx, "warm", []byte("w")); err != nil {
+		t.Fatal(err)
+	}
+	c.kc.SetLatency(20 * time.Millisecond)
+	defer c.kc.SetLatency(0)
+	var mu sync.Mutex
+	revs := map[uint64]int{}    // revision -> writes of "hot" at it
+	others := map[uint64]bool{} // revisions of writes of other keys
+	var wg sync.WaitGroup
+	for i := range 60 {
+		s := c.nodes[i%3]
+		wg.Go(func() {
+			key := "hot"
+			if i%2 == 1 {
+				key = fmt.Sprintf("cold/%02d", i)
+			}
+			res, err := s.Txn(ctx, kv.Txn{Then: []kv.Op{kv.OpSet(key, []byte(strconv.Itoa(i)))}})
+			if err != nil || !res.Succeeded {
+				t.Errorf("write %d: %+v, %v", i, res, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if key == "hot" {
+				revs[res.Revision]++
+			} else {
+				others[res.Revision] = true
+			}
+		})
+	}
+	wg.Wait()
+	shared := 0
+	for rev, n := range revs {
+		if n > 1 {
+			t.Errorf("%d writes of one key share revision %d", n, rev)
+		}
+		if others[rev] {
+			shared++
+		}
+	}
+	t.Logf("30 writes of one key at %d revisions; %d of them shared with writes of other keys", len(revs), shared)
+	if shared == 0 {
+		t.Errorf("no write of the hot key was group-committed with another write: the test does not exercise group commit")
+	}
+	e, err := c.nodes[1].GetEntry(ctx, "hot")
+	if err != nil || e.Version != 30 {
+		t.Fatalf("hot: %+v, %v; want version 30", e, err)
 	}
 }
 

@@ -135,7 +135,7 @@ func (a *api) status(err error) int {
 		}
 		// Nothing was written; writes resume once space is freed.
 		return http.StatusInsufficientStorage
-	case errors.Is(err, kv.ErrCorrupt):
+	case errors.Is(err, kv.ErrCorrupt), errors.Is(err, kv.ErrNewerFormat):
 		// This member halted, or a record it holds is damaged: another
 		// one can answer.
 		return http.StatusServiceUnavailable
