@@ -242,8 +242,6 @@ type decoded struct {
 // decode.
 var errMalformed = errors.New("kv: malformed command")
 
-// decodeEntry decodes a command entry of either format. It never panics;
-// the commands alias b.
 // knownFormat says whether a command entry's first byte names a format
 // this version reads: a command format, or a restore entry (an empty entry
 // is damage, not a format).
@@ -251,6 +249,8 @@ func knownFormat(b []byte) bool {
 	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion1 || b[0] == entryRestore
 }
 
+// decodeEntry decodes a command entry of either format. It never panics;
+// the commands alias b.
 func decodeEntry(b []byte) (d decoded, err error) {
 	if len(b) == 0 {
 		return d, fmt.Errorf("%w: empty", errMalformed)

@@ -30,6 +30,8 @@
 //	err = s.Set(ctx, "user:42", []byte("Ada"))
 //	v, err := s.Get(ctx, "user:42")
 //	pairs, err := s.List(ctx, "user:", kv.Limit(100))
+//	e, err := s.GetEntry(ctx, "user:42") // with its revisions
+//	rev, err := s.CompareAndSet(ctx, "user:42", []byte("Ada L."), e.ModRev)
 //	err = s.Delete(ctx, "user:42")
 //
 // Any instance serves any call. Writes on a follower are forwarded to the
@@ -37,12 +39,15 @@
 // Future at once, and many of them in flight are pipelined. Concurrent writes
 // are coalesced on the leader into few Raft entries (group commit).
 //
-// Keys are non-empty strings of at most Config.MaxKeySize bytes, values at
-// most Config.MaxValueSize bytes. Errors are the exported sentinels
+// Keys are non-empty strings of at most Config.MaxKeySize bytes that do not
+// start with the reserved prefix "\xff\xffkv/", values at most
+// Config.MaxValueSize bytes. Errors are the exported sentinels
 // (ErrNotFound, ErrClosed, ErrNoLeader, ErrOutcomeUnknown,
-// ErrLeadershipLost, ErrEmptyKey, ErrKeyTooLarge, ErrValueTooLarge,
-// ErrInvalidConfig, ErrWrongCluster, ErrLostState, ErrCorrupt, ErrDiskFull),
-// wrapped with detail: compare them with errors.Is.
+// ErrSessionExpired, ErrConflict, ErrEmptyKey, ErrKeyTooLarge,
+// ErrValueTooLarge, ErrReservedKey, ErrInvalidTxn, ErrTxnTooLarge,
+// ErrInvalidConfig, ErrWrongCluster, ErrLostState, ErrNewerFormat,
+// ErrCorrupt, ErrDiskFull), wrapped with detail: compare them with
+// errors.Is. ErrLeadershipLost is deprecated: no call returns it.
 //
 // # Consistency
 //
@@ -58,35 +63,78 @@
 //
 // While there is no leader (an election, a lost majority), calls retry with
 // backoff until their context ends, then return an error that wraps both
-// ErrNoLeader and the context's error; such a write was never sent.
+// ErrNoLeader and the context's error; such a write was not applied.
+// Writes that one goroutine issues, SetAsync and DeleteAsync included, are
+// applied in the order it issued them.
 //
-// A write's error says what became of it: an error wrapping
-// ErrOutcomeUnknown (ErrLeadershipLost wraps it) means the write may or may
-// not have been applied, and retrying it may apply it twice; any other
-// error means it was not applied. Writes that one goroutine issues, SetAsync
-// and DeleteAsync included, are applied in the order it issued them.
+// Every change has a revision: the index of the Raft log entry that made
+// it. GetEntry and ListEntries return a key's Entry: ModRev, the revision
+// of its last write; CreateRev, that of the write that created it (a delete
+// ends a key's life, the next write creates it anew); and Version, the
+// number of writes since the create (1 after it). The store's revision is
+// the index of the last entry it applied; ListEntries returns the one its
+// result reflects, so that the changes from the next revision on continue
+// it. Revisions only grow, with gaps (entries such as configuration changes
+// write no key). The writes that the leader group-commits into one entry
+// share its revision, and the writes of one Txn always share one.
+//
+// CompareAndSet writes a key only if its ModRev is the one given (0: only
+// if the key is absent) and returns the new one; CompareAndDelete deletes
+// likewise. On a mismatch nothing is written and the error is a
+// *ConflictError, which wraps ErrConflict and carries the key's current
+// entry. Txn evaluates its conditions (ModRevIs, VersionIs, ValueIs,
+// Exists, Absent) in the state machine as it applies the transaction, on
+// the state every earlier write left, then runs Then if all hold, else
+// Else: OpSet, OpDelete and OpGet, in order, atomically, at one revision,
+// with no other write in between; the OpGet results come back in
+// TxnResult.Gets. A Txn holds at most Config.MaxTxnOps conditions and
+// operations (128 by default, 4096 at most) and about 12 MiB of keys and
+// values, and its Gets return at most 8 MiB (ErrTxnTooLarge); two writes
+// to one key in a branch are refused (ErrInvalidTxn). A Txn that writes in
+// neither branch is a read, served as a linearizable Get is.
 //
 // # Durability
 //
 // A write that returned nil is committed on a majority of voters: every one
 // of them has it in its Raft log on disk (fsync'd), so it survives any
-// minority of crashes, kill -9 included. Each instance keeps three things in
-// DataDir: raft.db (the Raft log, checksummed records in bbolt; new
-// entries are appended to raft.db.tail with one fdatasync per batch and
-// moved into raft.db every 8 MiB), raft.db.state (Raft's term and vote, in
-// a preallocated file that a full disk cannot stop), data.db (the key-value data in bbolt,
-// with the index it reflects stored in the same transactions, written in the
-// background once a second: after a crash the entries since are applied
-// again from the log) and snapshots/ (Raft snapshots, which compact the
-// log; one is taken every Config.SnapshotThreshold entries or
-// Config.SnapshotBytes of log, whichever comes first). Backup writes a consistent, checksummed copy of the data from any
-// instance; Restore, on the leader, sends such a copy through the Raft log,
-// staged beside the data on every member and installed by all at one commit
-// entry (until then, and if it fails, the old data serves). On
-// restart an instance opens its data file as it is, applies only the log
-// entries the file does not have yet (Raft reads the log after the newest
-// snapshot), and rejoins. InMemory keeps all of this in memory;
-// nothing survives Close.
+// minority of crashes, kill -9 included. Each instance keeps four things in
+// DataDir: raft.db (the Raft log, checksummed records in bbolt; new entries
+// are appended to raft.db.tail with one fdatasync per batch and moved into
+// raft.db every 8 MiB), raft.db.state (Raft's term and vote, in a
+// preallocated file that a full disk cannot stop), data.db (the key-value
+// data in bbolt, with the index it reflects stored in the same transactions,
+// written in the background once a second: after a crash the entries since
+// are applied again from the log) and snapshots/ (Raft snapshots, which
+// compact the log; one is taken every Config.SnapshotThreshold entries or
+// Config.SnapshotBytes of log, whichever comes first). Backup writes a
+// consistent, checksummed copy of the data from any instance; Restore, on
+// the leader, sends such a copy through the Raft log, staged beside the data
+// on every member and installed by all at one commit entry (until then, and
+// if it fails, the old data serves). On restart an instance opens its data
+// file as it is, applies only the log entries the file does not have yet
+// (Raft reads the log after the newest snapshot), and rejoins. InMemory
+// keeps all of this in memory; nothing survives Close.
+//
+// Writes are exactly-once. Every write carries its Store's write session and
+// a sequence number. A write whose answer is lost (a dropped connection, a
+// leader that lost its leadership after Raft took the entry, raft's
+// ErrLeadershipLost, a leader that crashed) is sent again under the same
+// sequence, to whoever leads, until it is answered or its ctx ends; the
+// state machine applies a sequence at most once and answers a repeat with
+// the first result. So a write waits out elections and partitions for as
+// long as its ctx allows: give it a deadline (SetAsync and DeleteAsync use
+// Config.AsyncWriteTimeout). A write's error says what became of it. nil:
+// applied, once. An error wrapping ErrOutcomeUnknown: it may or may not
+// have been applied, and may still be, never twice; only these leave it so:
+// the ctx ended with the write in flight (the error wraps the ctx's error
+// too), Close caught it in flight (ErrClosed too), this member halted, or
+// its write session expired (ErrSessionExpired; see Caveats). Any other
+// error: not applied, and never will be; an error wrapping ErrNoLeader
+// never wraps ErrOutcomeUnknown. No write returns ErrLeadershipLost.
+//
+// The state machine keeps the write sessions in the data file, changed in
+// the same transactions as the writes they record, so restarts, snapshots,
+// Backup and Restore carry them.
 //
 // Damaged files are detected, never served: log records and data records
 // carry a CRC-32C, snapshots a CRC-32C and raft's CRC-64. Open of a damaged
@@ -97,8 +145,9 @@
 // promoted like a new member.
 //
 // A member that cannot go on halts: a damaged record its state machine must
-// apply, a log entry it cannot read, a term it cannot save, or a disk that
-// keeps failing. It cuts itself off Raft at once (it neither leads nor
+// apply, a log entry it cannot read (one in a format newer than its version
+// reads halts it with ErrNewerFormat), a term it cannot save, or a disk
+// that keeps failing. It cuts itself off Raft at once (it neither leads nor
 // votes; the others elect a leader and go on), applies nothing more, and
 // every call on it fails with an error wrapping ErrCorrupt (or ErrDiskFull);
 // Stats().Halted says why. A full disk alone halts nothing: writes are
@@ -142,9 +191,40 @@
 //     cluster. If more instances than BootstrapExpect expect to bootstrap at
 //     the same time, none does (they could see different subsets and form
 //     two clusters): start exactly BootstrapExpect of them, then the rest.
-//   - A write whose error wraps ErrOutcomeUnknown (ErrLeadershipLost, a
-//     context that ended after the write was sent, Close with the write in
-//     flight) may have been applied.
+//   - A write whose error wraps ErrOutcomeUnknown (its context ended after
+//     it was sent, Close or a halt caught it in flight, its session
+//     expired) may have been applied, or may be later, once.
+//   - Keys that start with "\xff\xffkv/" are reserved: the store keeps its
+//     write sessions under them. Writes, Txn conditions and operations, and
+//     Get of such a key fail with ErrReservedKey; List and ListEntries never
+//     return them.
+//   - Write sessions are bounded: every Open registers one, which is
+//     dropped once unused for an hour (of the leader's clock, see below),
+//     or when it is the least recently used and more than 16384 would be
+//     kept; a session keeps the results of its 65536 latest writes. A write that was being sent again when the record of
+//     its earlier attempt went this way fails with ErrSessionExpired (its
+//     outcome unknown) rather than risk a second apply; the Store registers
+//     a new session for its next writes on its own.
+//   - Session expiry runs on the clock of the leader, which stamps it into
+//     every entry it proposes; the state machine reads no clock. A leader
+//     whose clock is an hour or more ahead of its predecessor's expires the
+//     sessions at once: their Stores register new ones, and writes being
+//     sent again at that moment may fail with ErrSessionExpired.
+//   - A revision names a Raft entry, not one write. The writes of other
+//     callers group-committed after a CompareAndSet into its entry share
+//     the revision it returns, so a later CompareAndSet against that
+//     revision does not notice one of them that wrote the key without
+//     comparing its ModRev (a Set, say). A ModRev read back with GetEntry
+//     is always that of the key's last write: compare against one read
+//     back when that matters.
+//   - Upgrades: this version writes Raft commands and value records in
+//     format 2. Development builds from before these formats do not read
+//     them and skip commands they cannot decode, so a cluster mixing them
+//     with this version diverges: upgrade such a cluster by stopping every
+//     member, then starting them all on this version, which reads the
+//     older formats. A member whose log holds an
+//     entry in a format newer than it reads halts with ErrNewerFormat
+//     instead of diverging; upgrade it.
 //   - memberlist does not expose suspicion: Members reports a member alive
 //     until gossip declares it dead (a few seconds after it stops answering).
 //   - Without Config.TLS and Config.GossipKey the transport and gossip ports

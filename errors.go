@@ -22,13 +22,17 @@ var (
 	// call's context ended; the call had no effect.
 	ErrNoLeader = errors.New("kv: no leader")
 	// ErrOutcomeUnknown is wrapped by the error of a write that may or may
-	// not have been applied, and will not be later. Writes are sent again
-	// under their session sequence when an answer is lost, so this remains
-	// only when the write's ctx ended while it was in flight (the error
-	// wraps ctx's error too), the Store closed under it (ErrClosed too),
-	// this member halted, or its session expired (ErrSessionExpired). A
-	// write's error either wraps ErrOutcomeUnknown or means the write was
-	// not applied; nil means it was applied, once.
+	// not have been applied, and may still be: it was handed to Raft or
+	// sent to the leader, and no answer came back in time. Writes whose
+	// answer is lost are sent again under their session sequence, so this
+	// remains only when the write's ctx ended while it was in flight (the
+	// error wraps ctx's error too), the Store closed under it (ErrClosed
+	// too), this member halted, or its session expired (ErrSessionExpired).
+	// Such a write is applied at most once, possibly after its error was
+	// returned (its entry may already be in a Raft log). A write's error
+	// either wraps ErrOutcomeUnknown or means the write was not applied
+	// and never will be; nil means it was applied, once. An error that
+	// wraps ErrOutcomeUnknown never wraps ErrNoLeader.
 	ErrOutcomeUnknown = errors.New("kv: write outcome unknown")
 	// ErrLeadershipLost wraps ErrOutcomeUnknown.
 	//
@@ -37,13 +41,14 @@ var (
 	// to the leader dropped after it was sent, is sent again under its
 	// session sequence until it is answered, and is applied at most once.
 	ErrLeadershipLost = fmt.Errorf("kv: leadership lost: %w", ErrOutcomeUnknown)
-	// ErrSessionExpired is wrapped by the error of a write whose write
-	// session the state machine dropped (unused for an hour of the
-	// leaders' time, or the least recently used of more than 16384) while
-	// the write was being retried: an earlier attempt may have been
-	// applied, and the record of it is gone, so it is not applied again.
-	// It wraps ErrOutcomeUnknown. The Store registers a new session for
-	// its next writes on its own.
+	// ErrSessionExpired is wrapped by the error of a write that was being
+	// sent again after an attempt that may have been applied, when the
+	// state machine no longer held the record of that attempt: its write
+	// session was dropped (unused for an hour of the leaders' time, or the
+	// least recently used when more than 16384 would be kept), or its own
+	// result was (a session keeps the results of its 65536 latest writes).
+	// It is not applied again. It wraps ErrOutcomeUnknown. The Store
+	// registers a new session for its next writes on its own.
 	ErrSessionExpired = fmt.Errorf("kv: write session expired: %w", ErrOutcomeUnknown)
 	// ErrConflict is wrapped by the error of a CompareAndSet or
 	// CompareAndDelete whose key was not at the revision given: nothing was
@@ -55,8 +60,9 @@ var (
 	// ErrNewerFormat is wrapped by the halt error of a member whose Raft
 	// log holds an entry in a format newer than its version of this
 	// package reads: a member of a newer version wrote it. The member
-	// halts rather than skip the entry and diverge; upgrade it and start
-	// it again.
+	// halts when it comes to apply the entry, rather than skip it and
+	// diverge; like every halt error, this one wraps ErrCorrupt too.
+	// Upgrade the member and start it again.
 	ErrNewerFormat = errors.New("kv: log entry from a newer version")
 	// ErrLostState is returned by Open when DataDir holds no Raft state but
 	// the cluster it joins counts this NodeID as a voter (its DataDir was
@@ -87,8 +93,9 @@ var (
 	// zero Cond or Op, or two writes to one key in a branch.
 	ErrInvalidTxn = errors.New("kv: invalid transaction")
 	// ErrTxnTooLarge is wrapped by the error of a Txn over the limits: more
-	// than Config.MaxTxnOps conditions and operations, more than 12 MiB of
-	// keys and values, or Gets that would return more than 8 MiB.
+	// than Config.MaxTxnOps conditions and operations, more than about 12
+	// MiB of keys and values, or Gets that would return more than 8 MiB of
+	// keys and values.
 	ErrTxnTooLarge = errors.New("kv: transaction too large")
 	// ErrInvalidConfig is wrapped by Open's errors for a Config it cannot use.
 	ErrInvalidConfig = errors.New("kv: invalid config")

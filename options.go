@@ -243,11 +243,15 @@ type Config struct {
 	// keeps more on disk (see docs/operations.md, Sizing). Raise it if
 	// followers that were down for a short while keep receiving snapshots.
 	TrailingLogs uint64
-	// AsyncWriteTimeout is how long a SetAsync or DeleteAsync write may wait
-	// to be sent to a leader (during an election, or with no majority)
-	// before its Future fails, with the write never sent. A synchronous
-	// write is bounded by its ctx instead. Default DefaultAsyncWriteTimeout
-	// (30 s). Lower it when a caller would rather fail fast.
+	// AsyncWriteTimeout is how long a SetAsync or DeleteAsync write keeps
+	// trying: waiting for a leader (during an election, or with no
+	// majority), and sending the write again after an attempt whose answer
+	// was lost (an attempt in flight when it passes is awaited first). Then
+	// its Future fails: with an error wrapping ErrOutcomeUnknown if an
+	// attempt may have been applied, else with one that means the write was
+	// not applied. A synchronous write is bounded by its ctx instead.
+	// Default DefaultAsyncWriteTimeout (30 s). Lower it when a caller would
+	// rather fail fast.
 	AsyncWriteTimeout time.Duration
 
 	// Dial, when set, opens every outbound connection of the transport

@@ -111,7 +111,15 @@ func conflictOf(key string, res cmdResult) error {
 // only if key is absent), and returns the write's revision, the key's new
 // ModRev. When key is at another revision nothing is written and the error
 // is a *ConflictError, which wraps ErrConflict and carries the key's
-// current entry. Other errors are Set's.
+// current entry. Other errors are Set's; like every write it is applied
+// at most once, retries included.
+//
+// The revision returned is that of the Raft entry the write was applied
+// in, which it shares with the other writes group-committed into that
+// entry: a write to key later in the same entry that compared no ModRev
+// of key (a Set, say) leaves key at that revision too. A ModRev read with
+// GetEntry is always that of key's last write; compare against one read
+// back when writes that compare no ModRev may also change key.
 func (s *Store) CompareAndSet(ctx context.Context, key string, value []byte, modRev uint64) (uint64, error) {
 	if err := s.validate(key, value); err != nil {
 		return 0, err
@@ -164,9 +172,9 @@ func (s *Store) newTxnWrite(cond Cond, op Op, key string) *pendingWrite {
 // between. An OpGet sees the writes of its branch before it.
 //
 // A transaction holds at most Config.MaxTxnOps conditions and operations
-// in all, and no two writes (OpSet, OpDelete) to one key in a branch:
-// otherwise the error wraps ErrTxnTooLarge or ErrInvalidTxn and nothing is
-// written. The Gets of the branch that runs may hold at most 8 MiB of keys
+// in all and about 12 MiB of keys and values, and no two writes (OpSet,
+// OpDelete) to one key in a branch: otherwise the error wraps
+// ErrTxnTooLarge or ErrInvalidTxn and nothing is written. The Gets of the branch that runs may hold at most 8 MiB of keys
 // and values (ErrTxnTooLarge, found as the transaction is applied: then
 // neither branch runs). A transaction without writes in either branch is a
 // read: it is served as a linearizable Get is. Other errors are Set's.

@@ -13,16 +13,18 @@ import (
 // until ctx ends.
 //
 // Writes are exactly-once. Each carries this Store's write session and a
-// sequence number; when its reply is lost, or its leader changes under it,
-// it is sent again under the same sequence until it is answered, and the
-// state machine applies it at most once (a repeated one gets the result of
-// the first). nil means the write was applied, once. An error wrapping
-// ErrOutcomeUnknown means it may or may not have been applied, and will
-// not be later: ctx ended while it was in flight (the error wraps ctx's
-// error too), the Store closed under it (ErrClosed too), this member
+// sequence number; when its answer is lost, or its leader changes under it
+// (raft's ErrLeadershipLost included), it is sent again under the same
+// sequence until it is answered or ctx ends, and the state machine applies
+// it at most once (a repeated one gets the result of the first). A write
+// thus waits out elections and partitions for as long as ctx allows: give
+// ctx a deadline. nil means the write was applied, once. An error wrapping
+// ErrOutcomeUnknown means it may or may not have been applied, and may
+// still be, never twice: ctx ended while it was in flight (the error wraps
+// ctx's error too), the Store closed under it (ErrClosed too), this member
 // halted, or its session expired (ErrSessionExpired). Any other error
-// means it was not applied (bad input, ErrNoLeader, a plain ErrClosed,
-// ErrDiskFull).
+// means it was not applied and never will be (bad input, ErrNoLeader, a
+// plain ErrClosed, ErrDiskFull).
 //
 // Writes issued one after another by one goroutine, through Set, Delete,
 // SetAsync and DeleteAsync alike, are applied in the order they were
@@ -47,8 +49,9 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 }
 
 // SetAsync starts a Set and returns at once; the Future reports its
-// outcome, with the meanings Set's errors have. The write keeps trying for
-// at most Config.AsyncWriteTimeout. Many writes in flight are pipelined.
+// outcome, with the meanings Set's errors have. The write keeps trying, its
+// retries under the same sequence included, for Config.AsyncWriteTimeout
+// instead of a ctx. Many writes in flight are pipelined.
 //
 // The write is queued before SetAsync returns: writes that one goroutine
 // issues (SetAsync, DeleteAsync, Set, Delete) are applied in the order it

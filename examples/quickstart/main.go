@@ -155,9 +155,11 @@ func run(ctx context.Context, logger *slog.Logger) error {
 	}
 
 	// 8. Failover: stop the leader. Close hands leadership to a follower
-	// first, so the others need not wait out an election timeout. We write
-	// once both survivors know the new leader: a write caught in flight to
-	// the old one would fail with ErrLeadershipLost (outcome unknown).
+	// first, so the others need not wait out an election timeout. We wait
+	// until both survivors know the new leader, to show how long the
+	// hand-off took. A write issued meanwhile on a survivor would not fail:
+	// the library sends it to the new leader, again under the same sequence
+	// if an attempt was in flight, and it is applied once.
 	fmt.Printf("\nClosing the leader, %s...\n", name(leader))
 	start = time.Now()
 	if err := leader.Close(); err != nil {
