@@ -75,8 +75,10 @@
 // the index of the last entry it applied; ListEntries returns the one its
 // result reflects, so that the changes from the next revision on continue
 // it. Revisions only grow, with gaps (entries such as configuration changes
-// write no key). The writes that the leader group-commits into one entry
-// share its revision, and the writes of one Txn always share one.
+// write no key). Writes of different keys that the leader group-commits into
+// one entry share its revision, and the writes of one Txn always share one;
+// two writes of one key never share an entry, so the revision a write
+// returns is its own for that key.
 //
 // CompareAndSet writes a key only if its ModRev is the one given (0: only
 // if the key is absent) and returns the new one; CompareAndDelete deletes
@@ -210,13 +212,9 @@
 //     whose clock is an hour or more ahead of its predecessor's expires the
 //     sessions at once: their Stores register new ones, and writes being
 //     sent again at that moment may fail with ErrSessionExpired.
-//   - A revision names a Raft entry, not one write. The writes of other
-//     callers group-committed after a CompareAndSet into its entry share
-//     the revision it returns, so a later CompareAndSet against that
-//     revision does not notice one of them that wrote the key without
-//     comparing its ModRev (a Set, say). A ModRev read back with GetEntry
-//     is always that of the key's last write: compare against one read
-//     back when that matters.
+//   - A revision names a Raft entry, not one write: writes of different
+//     keys group-committed together share one. Writes of one key never
+//     share an entry, so a hot key gets at most one write per entry.
 //   - Upgrades: this version writes Raft commands and value records in
 //     format 2. Development builds from before these formats do not read
 //     them and skip commands they cannot decode, so a cluster mixing them

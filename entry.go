@@ -6,7 +6,8 @@ import "context"
 // of the log entry that made a change; the store's revision is the index
 // of the last entry it applied. Revisions only grow; gaps are allowed (the
 // log holds entries that change no key). Writes that share a Raft entry
-// (group commit, or one Txn) share its revision.
+// (group commit, or one Txn) share its revision; two writes of one key
+// never share an entry.
 type Entry struct {
 	Key   string
 	Value []byte
