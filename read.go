@@ -216,7 +216,7 @@ func (s *Store) readGiveUp(ctxErr, last error) error {
 // write's: the next attempt asks whoever leads then.
 func readRPCErr(addr string, err error) error {
 	out, _ := fromWire(err)
-	if !errors.Is(out, ErrOutcomeUnknown) {
+	if !errors.Is(out, errUnsure) && !errors.Is(out, ErrOutcomeUnknown) {
 		return out
 	}
 	cause := err.Error()

@@ -105,7 +105,12 @@ func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, grace time.
 			return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 		}
 		cc.fail(err)
-		return nil, fmt.Errorf("%w: write to %s: %v", ErrConnLost, addr, err)
+		cause := err
+		var op *net.OpError
+		if errors.As(err, &op) {
+			cause = op.Err
+		}
+		return nil, fmt.Errorf("%w: sending to %s: %v", ErrConnLost, addr, cause)
 	}
 	var expired <-chan time.Time
 	for {
