@@ -169,6 +169,9 @@ type pipeline struct {
 
 	// written holds the keys the batch being cut writes (cut's own).
 	written map[string]struct{}
+	// The batch being cut holds a lease revocation or expiry (cutDrops),
+	// or a write of keys (cutWrites).
+	cutDrops, cutWrites bool
 }
 
 func newPipeline(s *Store) *pipeline {
@@ -508,6 +511,7 @@ func (p *pipeline) cut(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 	cur := p.sess.Load()
 	n, ops, size := 0, 0, 0
 	clear(p.written)
+	p.cutDrops, p.cutWrites = false, false
 	for ; n < len(queue); n++ {
 		w := queue[n]
 		if w.state.Load() != wQueued {
@@ -541,10 +545,24 @@ func (p *pipeline) cut(queue []*pendingWrite) (batch, rest []*pendingWrite) {
 // key in one entry would share it, and a compare-and-set on the revision
 // the first returned would succeed over the second. Such a write starts
 // the next entry instead. (The writes of one command are checked when it
-// is made: a Txn writes a key once per branch.)
+// is made: a Txn writes a key once per branch.) A lease's revocation or
+// expiry deletes keys not named in its command: it shares an entry only
+// with others of its kind.
 func (p *pipeline) writesAgain(w *pendingWrite) bool {
 	if p.written == nil {
 		p.written = map[string]struct{}{}
+	}
+	drops, writes := false, false
+	for i := range w.cmds {
+		switch k := w.cmds[i].kind; {
+		case k == cmdRevoke || k == cmdExpire:
+			drops = true
+		case k == cmdTxn:
+			writes = writes || w.cmds[i].writes()
+		}
+	}
+	if (p.cutDrops && writes) || (p.cutWrites && drops) {
+		return true
 	}
 	for i := range w.cmds {
 		for _, branch := range [2][]Op{w.cmds[i].then, w.cmds[i].els} {
@@ -566,6 +584,8 @@ func (p *pipeline) writesAgain(w *pendingWrite) bool {
 			}
 		}
 	}
+	p.cutDrops = p.cutDrops || drops
+	p.cutWrites = p.cutWrites || writes
 	return false
 }
 

@@ -86,7 +86,7 @@ func BenchmarkHotFSMApplyBatch(b *testing.B) {
 			b.Cleanup(func() { eng.Close() })
 			stop := make(chan struct{})
 			b.Cleanup(func() { close(stop) })
-			f := newFSM(eng, logging.Discard(), stop, func(error) {})
+			f := newFSM(eng, logging.Discard(), stop, func(error) {}, WatchHistory{})
 			rng := rand.New(rand.NewPCG(1, 2))
 			index := uint64(1)
 			reg := f.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: encodeEntry(uint64(time.Now().UnixMilli()), []command{{kind: cmdRegister, nonce: 1}})})

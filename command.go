@@ -21,7 +21,7 @@ import (
 //	  id [16]byte             the session
 //	  uvarint floor           every sequence below it has been answered
 //	uvarint commands        each:
-//	  byte kind               cmdTxn or cmdRegister
+//	  byte kind               cmdTxn, cmdRegister or a lease command
 //	  cmdTxn:
 //	    uvarint session       0: none, else 1 + its place in the list above
 //	    uvarint seq           only with a session
@@ -30,10 +30,19 @@ import (
 //	    uvarint n, n ops      Else
 //	  cmdRegister:
 //	    nonce [8]byte         the session's ID is the entry's index, then this
+//	  cmdGrant, cmdKeepAlive, cmdRevoke, cmdExpire:
+//	    uvarint session, seq  as for cmdTxn
+//	    uvarint n             the TTL in ms (cmdGrant), else the lease ID
 //	cond: byte kind, key, then by kind: uvarint (revision, version), bytes
 //	      (value) or nothing (exists)
-//	op:   byte kind, key, then for a set: bytes (value)
+//	op:   byte kind, key, then for a set: bytes (value), and for
+//	      opSetLease a uvarint lease ID, for opSetTTL a uvarint TTL in ms
 //	key, bytes: uvarint length, then the bytes
+//
+// Format 3 is format 2 with the lease commands and operations; an entry
+// that holds none is written in format 2, which versions before leases
+// read. A version that does not know format 3 halts on such an entry
+// rather than skip it.
 //
 // A Set or a Delete is a cmdTxn without conditions and with one operation
 // in Then. An entry without commands (the leader's term marker) only
@@ -48,19 +57,31 @@ import (
 const (
 	cmdVersion1 byte = 1
 	cmdVersion  byte = 2
+	cmdVersion3 byte = 3
 )
 
 // Command kinds.
 const (
 	cmdTxn      uint8 = 1
 	cmdRegister uint8 = 2
+	// Lease commands (lease.go).
+	cmdGrant     uint8 = 3
+	cmdKeepAlive uint8 = 4
+	cmdRevoke    uint8 = 5
+	cmdExpire    uint8 = 6
 )
+
+// isLeaseCmd says whether kind is a lease command.
+func isLeaseCmd(kind uint8) bool { return kind >= cmdGrant && kind <= cmdExpire }
 
 // Operation kinds.
 const (
 	opSet    uint8 = 1
 	opDelete uint8 = 2
 	opGet    uint8 = 3
+	// On the wire only: an opSet with a lease, or with a TTL of its own.
+	opSetLease uint8 = 4
+	opSetTTL   uint8 = 5
 )
 
 // Condition kinds.
@@ -93,6 +114,7 @@ type command struct {
 	seq   uint64
 	floor uint64
 	nonce uint64 // cmdRegister
+	n     uint64 // a lease command's TTL in ms (cmdGrant) or lease ID
 
 	conds []Cond
 	then  []Op
@@ -115,13 +137,13 @@ func hasWrite(ops []Op) bool {
 
 // size is a bound on c's encoded size, for the batch limits.
 func (c *command) size() int {
-	n := 16
+	n := 16 + binary.MaxVarintLen64
 	for i := range c.conds {
 		n += 24 + len(c.conds[i].key) + len(c.conds[i].value)
 	}
 	for _, ops := range [][]Op{c.then, c.els} {
 		for i := range ops {
-			n += 16 + len(ops[i].key) + len(ops[i].value)
+			n += 16 + binary.MaxVarintLen64 + len(ops[i].key) + len(ops[i].value)
 		}
 	}
 	return n
@@ -168,7 +190,7 @@ func encodeEntry(time uint64, groups ...[]command) []byte {
 		}
 	}
 	b := make([]byte, 0, size)
-	b = append(b, cmdVersion)
+	b = append(b, entryFormat(groups))
 	b = binary.AppendUvarint(b, time)
 	b = binary.AppendUvarint(b, uint64(len(sessions)))
 	for _, s := range sessions {
@@ -195,6 +217,10 @@ func encodeEntry(time uint64, groups ...[]command) []byte {
 				}
 				b = binary.AppendUvarint(b, c.seq)
 			}
+			if isLeaseCmd(c.kind) {
+				b = binary.AppendUvarint(b, c.n)
+				continue
+			}
 			b = binary.AppendUvarint(b, uint64(len(c.conds)))
 			for j := range c.conds {
 				d := &c.conds[j]
@@ -218,13 +244,48 @@ func appendOps(b []byte, ops []Op) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ops)))
 	for i := range ops {
 		o := &ops[i]
-		b = append(b, o.kind)
+		kind := o.kind
+		switch {
+		case kind != opSet:
+		case o.ttl != 0:
+			kind = opSetTTL
+		case o.lease != 0:
+			kind = opSetLease
+		}
+		b = append(b, kind)
 		b = appendBytes(b, o.key)
 		if o.kind == opSet {
 			b = appendBytes(b, unsafe.String(unsafe.SliceData(o.value), len(o.value)))
 		}
+		switch kind {
+		case opSetTTL:
+			b = binary.AppendUvarint(b, o.ttl)
+		case opSetLease:
+			b = binary.AppendUvarint(b, o.lease)
+		}
 	}
 	return b
+}
+
+// entryFormat is the format an entry of groups is written in: format 3
+// only when it needs it, so that versions without leases read the rest.
+func entryFormat(groups [][]command) byte {
+	for _, g := range groups {
+		for i := range g {
+			c := &g[i]
+			if isLeaseCmd(c.kind) {
+				return cmdVersion3
+			}
+			for _, ops := range [2][]Op{c.then, c.els} {
+				for j := range ops {
+					if ops[j].lease != 0 || ops[j].ttl != 0 {
+						return cmdVersion3
+					}
+				}
+			}
+		}
+	}
+	return cmdVersion
 }
 
 func appendBytes(b []byte, s string) []byte {
@@ -246,7 +307,7 @@ var errMalformed = errors.New("kv: malformed command")
 // this version reads: a command format, or a restore entry (an empty entry
 // is damage, not a format).
 func knownFormat(b []byte) bool {
-	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion1 || b[0] == entryRestore
+	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion3 || b[0] == cmdVersion1 || b[0] == entryRestore
 }
 
 // decodeEntry decodes a command entry of either format. It never panics;
@@ -261,8 +322,8 @@ func decodeEntry(b []byte) (d decoded, err error) {
 		}
 	}()
 	switch b[0] {
-	case cmdVersion:
-		r := reader{b: b[1:]}
+	case cmdVersion, cmdVersion3:
+		r := reader{b: b[1:], v3: b[0] == cmdVersion3}
 		d, err = r.entry()
 		if err == nil && len(r.b) > 0 {
 			err = fmt.Errorf("%w: %d bytes after the last command", errMalformed, len(r.b))
@@ -276,7 +337,10 @@ func decodeEntry(b []byte) (d decoded, err error) {
 
 // reader reads the encoding of commands and results; it fails, never
 // panics, on bytes that end early or say more than they hold.
-type reader struct{ b []byte }
+type reader struct {
+	b  []byte
+	v3 bool // format 3: lease commands and operations may come
+}
 
 var errShort = errors.New("ends early")
 
@@ -380,6 +444,10 @@ func (r *reader) entry() (d decoded, err error) {
 			r.b = r.b[8:]
 			continue
 		case cmdTxn:
+		case cmdGrant, cmdKeepAlive, cmdRevoke, cmdExpire:
+			if !r.v3 {
+				return d, fmt.Errorf("%w: lease command in a format 2 entry", errMalformed)
+			}
 		default:
 			return d, fmt.Errorf("%w: unknown command kind %d", errMalformed, c.kind)
 		}
@@ -398,6 +466,15 @@ func (r *reader) entry() (d decoded, err error) {
 			if c.seq == 0 {
 				return d, fmt.Errorf("%w: sequence 0", errMalformed)
 			}
+		}
+		if isLeaseCmd(c.kind) {
+			if c.n, err = r.uvarint(); err != nil {
+				return d, wrap("lease", err)
+			}
+			if c.n == 0 || c.n > maxLeaseN {
+				return d, fmt.Errorf("%w: lease command of %d", errMalformed, c.n)
+			}
+			continue
 		}
 		sp := &spans[i]
 		n, err := r.count(2)
@@ -450,6 +527,26 @@ func (r *reader) entry() (d decoded, err error) {
 					if o.value, err = r.bytes(); err != nil {
 						return d, wrap("value", err)
 					}
+				case opSetLease, opSetTTL:
+					if !r.v3 {
+						return d, fmt.Errorf("%w: lease operation in a format 2 entry", errMalformed)
+					}
+					if o.value, err = r.bytes(); err != nil {
+						return d, wrap("value", err)
+					}
+					n, err := r.uvarint()
+					if err != nil {
+						return d, wrap("lease", err)
+					}
+					if n == 0 || n > maxLeaseN {
+						return d, fmt.Errorf("%w: lease operation of %d", errMalformed, n)
+					}
+					if o.kind == opSetTTL {
+						o.ttl = n
+					} else {
+						o.lease = n
+					}
+					o.kind = opSet
 				case opDelete, opGet:
 				default:
 					return d, fmt.Errorf("%w: unknown operation %d", errMalformed, o.kind)
@@ -546,12 +643,18 @@ const (
 	// resInvalid: not applied: the command names a key of the store's
 	// own state (leaders refuse such commands before the log).
 	resInvalid uint8 = 6
+	// resNoLease: not applied: the lease the command names does not
+	// exist (never granted, expired or revoked).
+	resNoLease uint8 = 7
 )
 
 // cmdResult is the outcome of one command as the state machine applied it.
 type cmdResult struct {
 	status uint8
-	rev    uint64  // the entry's index (for cmdRegister, with the nonce, the session)
+	// rev is the entry's index (for cmdRegister, with the nonce, the
+	// session); for cmdGrant the lease's ID, for cmdKeepAlive its TTL
+	// in ms.
+	rev  uint64
 	gets   []Entry // a Txn's OpGet results, in order; ModRev 0 when absent
 }
 
@@ -601,7 +704,7 @@ func decodeResults(b []byte) (res []cmdResult, err error) {
 		if c.status, err = r.byte(); err != nil {
 			return nil, wrap(err)
 		}
-		if c.status < resOK || c.status > resInvalid {
+		if c.status < resOK || c.status > resNoLease {
 			return nil, wrap(fmt.Errorf("unknown status %d", c.status))
 		}
 		if c.rev, err = r.uvarint(); err != nil {
@@ -651,11 +754,16 @@ func decodeResults(b []byte) (res []cmdResult, err error) {
 // decodes with version 1 when the key's last write created it (create ==
 // mod), which is exact, and 2 otherwise, a lower bound (the key was written
 // at least twice). The next write stores format 2 and counts on from there.
+//
+// Format 3 is format 2 with the ID of the key's lease after the version;
+// it is written only for a key attached to a lease.
 const (
 	recVersion1 = 1
 	recHeader1  = 17
 	recVersion  = 2
 	recHeader   = 25
+	recVersion3 = 3
+	recHeader3  = 33
 )
 
 // encodeRecord appends the record to dst.
@@ -667,13 +775,35 @@ func encodeRecord(dst []byte, create, mod, version uint64, value []byte) []byte 
 	return append(dst, value...)
 }
 
+// encodeLeased appends the record of a key attached to a lease to dst.
+func encodeLeased(dst []byte, create, mod, version, lease uint64, value []byte) []byte {
+	if lease == 0 {
+		return encodeRecord(dst, create, mod, version, value)
+	}
+	dst = append(dst, recVersion3)
+	dst = binary.BigEndian.AppendUint64(dst, create)
+	dst = binary.BigEndian.AppendUint64(dst, mod)
+	dst = binary.BigEndian.AppendUint64(dst, version)
+	dst = binary.BigEndian.AppendUint64(dst, lease)
+	return append(dst, value...)
+}
+
 type record struct {
 	create, mod, version uint64
+	lease                uint64
 	value                []byte // aliases the record
 }
 
 func decodeRecord(b []byte) (record, error) {
 	switch {
+	case len(b) >= recHeader3 && b[0] == recVersion3:
+		return record{
+			create:  binary.BigEndian.Uint64(b[1:]),
+			mod:     binary.BigEndian.Uint64(b[9:]),
+			version: binary.BigEndian.Uint64(b[17:]),
+			lease:   binary.BigEndian.Uint64(b[25:]),
+			value:   b[recHeader3:],
+		}, nil
 	case len(b) >= recHeader && b[0] == recVersion:
 		return record{
 			create:  binary.BigEndian.Uint64(b[1:]),

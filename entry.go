@@ -22,10 +22,12 @@ type Entry struct {
 	// report 1 if that write created them and 2 otherwise; their count
 	// goes on from there.
 	Version uint64
+	// Lease is the lease the key is attached to (WithLease, TTL), or 0.
+	Lease LeaseID
 }
 
 func entryOf(key string, r record) Entry {
-	return Entry{Key: key, Value: r.value, CreateRev: r.create, ModRev: r.mod, Version: r.version}
+	return Entry{Key: key, Value: r.value, CreateRev: r.create, ModRev: r.mod, Version: r.version, Lease: LeaseID(r.lease)}
 }
 
 // GetEntry is Get with the key's revisions: it returns the Entry of key, or

@@ -26,6 +26,7 @@ type fsm struct {
 	stop   <-chan struct{} // closed when the Store begins to close
 	halt   func(error)     // stops this member (halt.go)
 	rs     *restorer       // the staging of a restore in progress
+	hist   *history        // the change log, as watchers read it (watch.go)
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
@@ -49,8 +50,8 @@ var (
 	_ raft.BatchingFSM = (*fsm)(nil)
 )
 
-func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}, halt func(error)) *fsm {
-	return &fsm{eng: eng, logger: logger, stop: stop, halt: halt, rs: newRestorer("", eng, logger), applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
+func newFSM(eng storage.Engine, logger *slog.Logger, stop <-chan struct{}, halt func(error), hist WatchHistory) *fsm {
+	return &fsm{eng: eng, logger: logger, stop: stop, halt: halt, rs: newRestorer("", eng, logger), hist: newHistory(eng.AppliedIndex(), hist), applied: make(chan struct{}), wantSnap: make(chan struct{}, 1)}
 }
 
 // stuckErr returns the error that keeps the state machine from applying
@@ -99,7 +100,8 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			// The entries before it, then the install, which sets the
 			// applied index to the commit's.
 			ok = (i == start || logs[i-1].Index <= from || f.update(logs[i-1].Index, logs[start:i], resp[start:i], from)) &&
-				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) })
+				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) }) &&
+				f.restored(l.Index)
 		} else {
 			// Staging first: once the engine records this index as
 			// applied, a restart does not apply the entry again.
@@ -130,6 +132,20 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	return resp
 }
 
+// restored follows the install of a restore at index: the restored data
+// carries the change log of the store it came from, whose revisions are
+// not this store's, so the log starts anew after index and every Watch
+// that has not reached it ends with ErrCompacted.
+func (f *fsm) restored(index uint64) bool {
+	if !f.retry(index, "starting the change log after a restore", func() error {
+		return f.eng.Update(index, func(tx storage.WriteTx) error { return resetHistory(tx, index+1) })
+	}) {
+		return false
+	}
+	f.hist.reset(index)
+	return true
+}
+
 // abandon answers every entry of a batch that will not be applied here.
 func abandon(resp []any) []any {
 	for i := range resp {
@@ -151,7 +167,7 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 		}
 	}
 	apply := func(tx storage.WriteTx) error {
-		a := applier{tx: tx, sessions: sessionTable{tx: tx}}
+		a := applier{tx: tx, sessions: sessionTable{tx: tx}, hist: f.hist.begin(tx, from)}
 		for i, l := range logs {
 			if l.Index <= from || l.Type != raft.LogCommand || isRestoreEntry(l.Data) {
 				continue
@@ -172,9 +188,16 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 				resp[i] = res
 			}
 		}
+		if err := a.hist.end(); err != nil {
+			return err
+		}
 		return a.sessions.flush(a.buf)
 	}
-	return f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) })
+	if !f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) }) {
+		return false
+	}
+	f.hist.committed(index)
+	return true
 }
 
 // retry runs fn until it succeeds, or the Store stops or this member halts
@@ -230,7 +253,8 @@ const applyRetryLimit = 10 * time.Second
 type applier struct {
 	tx       storage.WriteTx
 	sessions sessionTable
-	buf      []byte // Put copies: one buffer serves every record
+	hist     *histTx // the changes of the transaction, for the change log
+	buf      []byte  // Put copies: one buffer serves every record
 }
 
 // entry applies the commands of the entry at index and returns their
@@ -242,6 +266,7 @@ func (a *applier) entry(index uint64, d *decoded) ([]cmdResult, error) {
 	}
 	res := make([]cmdResult, len(d.cmds))
 	ticked := false
+	defer a.hist.endEntry(index)
 	for i := range d.cmds {
 		c := &d.cmds[i]
 		if !ticked && (c.kind == cmdRegister || c.seq != 0) {
@@ -284,6 +309,13 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 		}
 		sess = s
 	}
+	if isLeaseCmd(c.kind) {
+		res, err := a.leaseCommand(index, now, c)
+		if err == nil && sess != nil && res.status == resOK {
+			err = a.sessions.record(sess, c.seq, res)
+		}
+		return res, err
+	}
 	if touchesSysKeys(c) {
 		// Leaders refuse such commands; one in the log is refused here
 		// alike on every member, before it can read or write the table.
@@ -307,24 +339,19 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 			return cmdResult{status: resTooLarge, rev: index}, nil
 		}
 	}
+	if ok, err := a.leasesExist(ops); err != nil || !ok {
+		return cmdResult{status: resNoLease, rev: index}, err
+	}
 	size := 0
 	for i := range ops {
 		o := &ops[i]
-		key := keyBytes(o.key)
 		switch o.kind {
 		case opSet:
-			create, version := index, uint64(1)
-			if old, ok := a.tx.Get(key); ok {
-				if r, err := decodeRecord(old); err == nil {
-					create, version = r.create, r.version+1
-				}
-			}
-			a.buf = encodeRecord(a.buf[:0], create, index, version, o.value)
-			if err := a.tx.Put(key, a.buf); err != nil {
+			if err := a.setKey(index, now, o); err != nil {
 				return cmdResult{}, err
 			}
 		case opDelete:
-			if err := a.tx.Delete(key); err != nil {
+			if err := a.deleteKey(index, o.key, true); err != nil {
 				return cmdResult{}, err
 			}
 		case opGet:
@@ -348,6 +375,62 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// setKey applies a set at index, at leader time now: the key's record, its
+// lease (a TTL makes one), and the change.
+func (a *applier) setKey(index, now uint64, o *Op) error {
+	key := keyBytes(o.key)
+	create, version, oldLease := index, uint64(1), uint64(0)
+	if old, ok := a.tx.Get(key); ok {
+		if r, err := decodeRecord(old); err == nil {
+			create, version, oldLease = r.create, r.version+1, r.lease
+		}
+	}
+	lease := o.lease
+	if o.ttl != 0 {
+		id, err := a.grant(now, o.ttl, leaseOwnKey)
+		if err != nil {
+			return err
+		}
+		lease = id
+	}
+	if lease != oldLease {
+		if err := a.detach(oldLease, o.key); err != nil {
+			return err
+		}
+		if err := a.attach(lease, o.key); err != nil {
+			return err
+		}
+	}
+	a.buf = encodeLeased(a.buf[:0], create, index, version, lease, o.value)
+	if err := a.tx.Put(key, a.buf); err != nil {
+		return err
+	}
+	a.hist.put(o.key, create, index, version, lease, o.value)
+	return nil
+}
+
+// deleteKey deletes key at index, if it exists, with the change; detach
+// says whether to take it off its lease's keys (the caller has not).
+func (a *applier) deleteKey(index uint64, key string, detach bool) error {
+	kb := keyBytes(key)
+	old, ok := a.tx.Get(kb)
+	if !ok {
+		return nil
+	}
+	if detach {
+		if r, err := decodeRecord(old); err == nil {
+			if err := a.detach(r.lease, key); err != nil {
+				return err
+			}
+		}
+	}
+	if err := a.tx.Delete(kb); err != nil {
+		return err
+	}
+	a.hist.del(key, index)
+	return nil
 }
 
 // touchesSysKeys says whether c names a key of the store's own state.
@@ -440,6 +523,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	f.rs.drop("a Raft snapshot is installed")
+	defer func() { f.hist.reset(f.eng.AppliedIndex()) }()
 	if err := f.eng.Restore(rc); err != nil {
 		err = fmt.Errorf("kv: restore snapshot: %w", err)
 		if f.engineBroken() {

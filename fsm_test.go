@@ -72,7 +72,7 @@ func newTestFSM(t *testing.T, eng storage.Engine) *fsm {
 	t.Helper()
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	return newFSM(eng, logging.Discard(), stop, func(error) {})
+	return newFSM(eng, logging.Discard(), stop, func(error) {}, WatchHistory{})
 }
 
 func setOp(k, v string) Op { return OpSet(k, []byte(v)) }
@@ -355,7 +355,7 @@ func TestFSMNewerFormatHalts(t *testing.T) {
 		stop := make(chan struct{})
 		t.Cleanup(func() { close(stop) })
 		var halted error
-		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err })
+		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err }, WatchHistory{})
 		resp := f.ApplyBatch([]*raft.Log{
 			cmdLog(t, 1, setOp("a", "1")),
 			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{cmdVersion + 1, 0, 0}},
@@ -381,7 +381,7 @@ func TestFSMDamagedRestoreEntryIsSkipped(t *testing.T) {
 		stop := make(chan struct{})
 		t.Cleanup(func() { close(stop) })
 		var halted error
-		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err })
+		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err }, WatchHistory{})
 		resp := f.ApplyBatch([]*raft.Log{
 			{Index: 1, Term: 1, Type: raft.LogCommand, Data: []byte{entryRestore, 0xff}},
 			cmdLog(t, 2, setOp("a", "1")),
@@ -448,7 +448,7 @@ func TestFSMApplyStopsRetryingOnShutdown(t *testing.T) {
 	eng := &countingEngine{Engine: storage.NewMemory(), failUpdates: 1 << 30}
 	stop := make(chan struct{})
 	close(stop)
-	f := newFSM(eng, logging.Discard(), stop, func(error) {})
+	f := newFSM(eng, logging.Discard(), stop, func(error) {}, WatchHistory{})
 	resp := f.ApplyBatch([]*raft.Log{cmdLog(t, 1, setOp("k", "v")), configLog(2)})
 	for i, r := range resp {
 		if r != ErrClosed {

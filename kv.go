@@ -188,7 +188,7 @@ func (s *Store) open() error {
 			return err
 		}
 	}
-	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt)
+	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt, s.cfg.WatchHistory)
 	if !cfg.InMemory {
 		// Stages restores in DataDir, and removes what an interrupted one
 		// left there.
@@ -337,6 +337,7 @@ func (s *Store) open() error {
 	})
 	s.goFunc(s.joinLoop)
 	s.goRaft(s.leaderLoop)
+	s.goFunc(s.expireLoop)
 	s.goRaft(s.snapshotLoop)
 	return nil
 }

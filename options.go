@@ -70,7 +70,26 @@ const (
 	// DefaultAsyncWriteTimeout bounds how long a SetAsync or DeleteAsync
 	// keeps trying: 30 s.
 	DefaultAsyncWriteTimeout = 30 * time.Second
+	// DefaultWatchHistoryRevisions and DefaultWatchHistoryBytes are what
+	// the fields of Config.WatchHistory get: the last 100000 revisions
+	// that changed a key, within 64 MiB of changes. With a write pattern
+	// of a few hundred writes a second, that is minutes of history: enough
+	// for a watcher to reconnect, or a member to restart, and resume.
+	DefaultWatchHistoryRevisions = 100000
+	DefaultWatchHistoryBytes     = 64 << 20
 )
+
+// WatchHistory bounds the change log Watch reads from (Config.WatchHistory).
+// The oldest revisions are dropped while either bound is passed; a
+// negative field keeps no bound of that kind.
+type WatchHistory struct {
+	// Revisions is how many revisions that changed a key are kept at most.
+	// Default DefaultWatchHistoryRevisions.
+	Revisions int
+	// Bytes is how many bytes of changes (keys and values) are kept at
+	// most. Default DefaultWatchHistoryBytes.
+	Bytes int64
+}
 
 // Limits on the configurable sizes, so that a command always fits one frame
 // of the transport.
@@ -159,6 +178,13 @@ type Config struct {
 	// also limited to 12 MiB in all, so that it fits in one frame of the
 	// transport between members.)
 	MaxTxnOps int
+	// WatchHistory bounds the change log that Watch reads: the changes
+	// of the most recent revisions, kept in the data file (and so in
+	// snapshots and Backups). A Watch from an older revision ends with
+	// ErrCompacted. Default DefaultWatchHistory. Set the same on every
+	// member: the log is trimmed as entries are applied, and a member
+	// that catches up from a snapshot gets the leader's.
+	WatchHistory WatchHistory
 	// MaxVoters is how many members vote at most. Default DefaultMaxVoters
 	// (5). The members that bootstrap the cluster all start as voters; a
 	// member that joins later is added as a non-voter, and the leader
@@ -344,6 +370,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := def(&c.MaxTxnOps, DefaultMaxTxnOps, maxMaxTxnOps, "MaxTxnOps"); err != nil {
 		return c, err
+	}
+	if c.WatchHistory.Revisions == 0 {
+		c.WatchHistory.Revisions = DefaultWatchHistoryRevisions
+	}
+	if c.WatchHistory.Bytes == 0 {
+		c.WatchHistory.Bytes = DefaultWatchHistoryBytes
 	}
 	if err := def(&c.MaxVoters, DefaultMaxVoters, 0, "MaxVoters"); err != nil {
 		return c, err

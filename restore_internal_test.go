@@ -124,7 +124,7 @@ func TestFSMRestore_InstallsAtCommit(t *testing.T) {
 // skipped: the state machine stops there, as on a failed engine commit.
 func TestFSMRestore_CommitWithoutStagingStops(t *testing.T) {
 	stop := make(chan struct{})
-	f := newFSM(storage.NewMemory(), logging.Discard(), stop, func(error) {})
+	f := newFSM(storage.NewMemory(), logging.Discard(), stop, func(error) {}, WatchHistory{})
 	f.ApplyBatch([]*raft.Log{cmdLog(t, 1, setOp("old", "1"))})
 	time.AfterFunc(100*time.Millisecond, func() { close(stop) })
 	commit := &raft.Log{Index: 2, Type: raft.LogCommand, Data: restoreEntry{kind: restoreCommit, id: newRestoreID()}.encode()}

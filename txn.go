@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/cohortkv/kv/internal/storage"
 )
@@ -49,11 +50,23 @@ type Op struct {
 	kind  uint8
 	key   string
 	value []byte
+	lease uint64 // an opSet's lease (0: none)
+	ttl   uint64 // an opSet's own lease's TTL in ms (0: none)
+	bad   error  // an invalid option
 }
 
 // OpSet writes value under key. The Op keeps value: the caller must not
-// change it until the Txn returns.
-func OpSet(key string, value []byte) Op { return Op{kind: opSet, key: key, value: value} }
+// change it until the Txn returns. Options are those of Set: WithLease and
+// TTL; a Txn whose branch to run names a lease that does not exist writes
+// nothing and fails with ErrLeaseNotFound. An invalid option makes the
+// Txn fail with ErrInvalidTxn.
+func OpSet(key string, value []byte, opts ...WriteOption) Op {
+	o := Op{kind: opSet, key: key, value: value}
+	if err := writeOpts(&o, opts); err != nil {
+		o.bad = err
+	}
+	return o
+}
 
 // OpDelete removes key; an absent key is not an error.
 func OpDelete(key string) Op { return Op{kind: opDelete, key: key} }
@@ -197,6 +210,9 @@ func (s *Store) Txn(ctx context.Context, t Txn) (TxnResult, error) {
 	if err != nil {
 		return TxnResult{}, err
 	}
+	if res.status == resNoLease {
+		return TxnResult{}, fmt.Errorf("%w: named by an OpSet of the branch to run", ErrLeaseNotFound)
+	}
 	return TxnResult{Succeeded: res.status == resOK, Revision: res.rev, Gets: res.gets}, nil
 }
 
@@ -255,6 +271,12 @@ func (s *Store) validateCmd(c *command) error {
 	if c.kind == cmdRegister {
 		return nil
 	}
+	if isLeaseCmd(c.kind) {
+		if c.kind == cmdGrant && c.n > uint64(maxLeaseTTL/time.Millisecond) {
+			return fmt.Errorf("%w: lease TTL of %d ms", ErrInvalidTxn, c.n)
+		}
+		return nil
+	}
 	if c.kind != cmdTxn {
 		return fmt.Errorf("%w: command kind %d", ErrInvalidTxn, c.kind)
 	}
@@ -285,6 +307,12 @@ func (s *Store) validateCmd(c *command) error {
 	}{{"Then", c.then}, {"Else", c.els}} {
 		for i := range br.ops {
 			o := &br.ops[i]
+			if o.bad != nil {
+				return fmt.Errorf("%w: %s operation %d: %w", ErrInvalidTxn, br.name, i, o.bad)
+			}
+			if o.ttl > uint64(maxLeaseTTL/time.Millisecond) {
+				return fmt.Errorf("%w: %s operation %d: TTL of %d ms", ErrInvalidTxn, br.name, i, o.ttl)
+			}
 			switch o.kind {
 			case opSet:
 				if len(o.value) > s.cfg.MaxValueSize {

@@ -30,11 +30,21 @@ import (
 // SetAsync and DeleteAsync alike, are applied in the order they were
 // issued, as with Raft's own Apply: a write never overtakes an earlier one
 // of the same goroutine, retries included.
-func (s *Store) Set(ctx context.Context, key string, value []byte) error {
+//
+// Options attach the key to a lease (WithLease) or give it a TTL of its own
+// (TTL); a write without them detaches the key from any lease it had.
+func (s *Store) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
 	if err := s.validate(key, value); err != nil {
 		return err
 	}
-	_, err := s.writeCmd(ctx, newOpWrite(Op{kind: opSet, key: key, value: value}))
+	o := Op{kind: opSet, key: key, value: value}
+	if err := writeOpts(&o, opts); err != nil {
+		return err
+	}
+	res, err := s.writeCmd(ctx, newOpWrite(o))
+	if err == nil && res.status == resNoLease {
+		return fmt.Errorf("%w: lease %d", ErrLeaseNotFound, o.lease)
+	}
 	return err
 }
 
