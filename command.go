@@ -655,7 +655,7 @@ type cmdResult struct {
 	// session); for cmdGrant the lease's ID, for cmdKeepAlive its TTL
 	// in ms.
 	rev  uint64
-	gets   []Entry // a Txn's OpGet results, in order; ModRev 0 when absent
+	gets []Entry // a Txn's OpGet results, in order; ModRev 0 when absent
 }
 
 // appendResults encodes results, for the reply to a forwarded batch.
