@@ -95,6 +95,43 @@
 // to one key in a branch are refused (ErrInvalidTxn). A Txn that writes in
 // neither branch is a read, served as a linearizable Get is.
 //
+// # Watch
+//
+// Watch yields the changes to the keys under a prefix, from a revision on,
+// in revision order, each once, with no gaps: ListEntries, then Watch from
+// the revision it returned plus one, keeps a cache or a configuration in
+// step with the store without missing or repeating a change. The changes
+// of one revision (a Txn, or writes group-committed together) come
+// together. Deletes come as delete events, the expiry of a lease's keys
+// included. A watch is a stream of the member's own applied state: on a
+// follower it runs slightly behind the leader, as the follower applies.
+// The changes come from a change log in the data file, written in the same
+// transaction as the changes and so carried by restarts, snapshots and
+// Backups; a Watch can resume, after a restart or on another member, from
+// the last revision it saw plus one. Config.WatchHistory bounds the log (by
+// default the last 100000 revisions within 64 MiB); a Watch from a revision
+// older than what is kept ends at once with a *CompactedError. A watcher
+// that reads slowly never slows writes: it reads what it missed from the
+// log, and ends with ErrCompacted if it falls behind what is kept.
+//
+// # Leases
+//
+// Grant creates a lease with a TTL; Set with WithLease attaches keys to it,
+// and TTL gives one key a lease of its own. When the lease expires (no
+// KeepAlive within its TTL) or is revoked, its keys are deleted, through
+// Raft, at one revision. Expiry is decided by the leader on its clock, never
+// by a member's clock in apply: the leader stamps its clock into the
+// entries that grant and renew leases, the state machine stores absolute
+// deadlines, and the leader proposes the expiry of a lease whose deadline
+// has passed; the state machine checks it against the time the expiry
+// entry carries, so a renewal that got there first wins. A new leader waits
+// one ElectionTimeout before it expires anything. A key lives at least its
+// TTL, provided the members' clocks agree; it goes about 100 ms plus a
+// commit after its deadline, plus the election and an ElectionTimeout when
+// the leader changes. A write of the key without the lease detaches it, so
+// an overwrite survives the lease. Package concurrency builds sessions,
+// locks with fencing tokens and elections on leases and Watch.
+//
 // # Durability
 //
 // A write that returned nil is committed on a majority of voters: every one
