@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -384,18 +385,27 @@ func (s *Store) expireLoop() {
 			s.logger.Warn("cannot read lease deadlines", "error", err)
 			continue
 		}
-		for _, id := range ids {
-			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-			_, err := s.leaseCmd(ctx, cmdExpire, id)
-			cancel()
-			if err != nil && !errors.Is(err, ErrLeaseNotFound) {
-				if !s.isClosed() {
-					s.logger.Debug("lease expiry not applied yet", "lease", id, "error", err)
-				}
-				break
-			}
-		}
+		s.expire(ids)
 	}
+}
+
+// expire proposes the expiry of leases ids, all at once (the write
+// pipeline packs them into few entries), and waits for the answers.
+func (s *Store) expire(ids []uint64) {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.leaseCmd(ctx, cmdExpire, id)
+			if err != nil && !errors.Is(err, ErrLeaseNotFound) && !s.isClosed() {
+				s.logger.Debug("lease expiry not applied yet", "lease", id, "error", err)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // expiredLeases returns up to max leases whose deadline is at or before now.
