@@ -39,6 +39,10 @@ func TTL(d time.Duration) WriteOption { return WriteOption{ttl: d} }
 // granted, or it expired or was revoked. Nothing was written.
 var ErrLeaseNotFound = errors.New("kv: lease not found")
 
+// ErrInvalidTTL is returned for a TTL (of Grant, or the TTL option) that is
+// not positive or is longer than ten years. Nothing was written.
+var ErrInvalidTTL = errors.New("kv: invalid lease TTL")
+
 // maxLeaseTTL bounds a lease's TTL, and maxLeaseN what a lease command or
 // operation may carry (an ID or a TTL in ms).
 const (
@@ -105,7 +109,7 @@ func (s *Store) Revoke(ctx context.Context, id LeaseID) error {
 
 func ttlMillis(ttl time.Duration) (uint64, error) {
 	if ttl <= 0 || ttl > maxLeaseTTL {
-		return 0, fmt.Errorf("%w: lease TTL %v: it must be positive and at most %v", ErrInvalidTxn, ttl, maxLeaseTTL)
+		return 0, fmt.Errorf("%w: %v: it must be positive and at most %v", ErrInvalidTTL, ttl, maxLeaseTTL)
 	}
 	return uint64((ttl + time.Millisecond - 1) / time.Millisecond), nil
 }
@@ -144,7 +148,7 @@ func writeOpts(o *Op, opts []WriteOption) error {
 		case opt.lease > 0:
 			o.lease, o.ttl = uint64(opt.lease), 0
 		default:
-			return fmt.Errorf("%w: a zero WriteOption", ErrInvalidTxn)
+			return fmt.Errorf("%w: a zero WriteOption (make one with WithLease or TTL)", ErrInvalidTTL)
 		}
 	}
 	return nil
