@@ -23,7 +23,8 @@ type WriteOption struct {
 }
 
 // WithLease attaches the key to lease id: the key is deleted, through
-// Raft, when the lease expires or is revoked. A later write of the key
+// Raft, when the lease expires or is revoked. WithLease(0) attaches it to
+// no lease. A later write of the key
 // without the option detaches it. A write naming a lease that does not
 // exist is not applied; its error wraps ErrLeaseNotFound.
 func WithLease(id LeaseID) WriteOption { return WriteOption{lease: id} }
@@ -147,9 +148,8 @@ func writeOpts(o *Op, opts []WriteOption) error {
 			return fmt.Errorf("%w: lease %d", ErrLeaseNotFound, opt.lease)
 		case opt.lease > 0:
 			o.lease, o.ttl = uint64(opt.lease), 0
-		default:
-			return fmt.Errorf("%w: a zero WriteOption (make one with WithLease or TTL)", ErrInvalidTTL)
 		}
+		// WithLease(0), like a zero WriteOption, attaches to no lease.
 	}
 	return nil
 }
