@@ -18,6 +18,7 @@ type LeaseID int64
 
 // WriteOption changes how Set writes, made by WithLease or TTL.
 type WriteOption struct {
+	isTTL bool
 	lease LeaseID
 	ttl   time.Duration
 }
@@ -33,7 +34,7 @@ func WithLease(id LeaseID) WriteOption { return WriteOption{lease: id} }
 // deleted once d has passed since this write (at least d; see Grant for
 // how much later). A later write of the key ends that lease: the key then
 // lives as the later write says. d is rounded up to a whole millisecond.
-func TTL(d time.Duration) WriteOption { return WriteOption{ttl: d} }
+func TTL(d time.Duration) WriteOption { return WriteOption{isTTL: true, ttl: d} }
 
 // ErrLeaseNotFound is returned by KeepAlive and Revoke, and by a write
 // that names a lease, when the lease does not exist: it was never
@@ -138,7 +139,7 @@ func (s *Store) leaseCmd(ctx context.Context, kind uint8, n uint64) (cmdResult, 
 func writeOpts(o *Op, opts []WriteOption) error {
 	for _, opt := range opts {
 		switch {
-		case opt.ttl != 0:
+		case opt.isTTL:
 			ms, err := ttlMillis(opt.ttl)
 			if err != nil {
 				return err
