@@ -168,7 +168,9 @@ func TestDecodeEntryErrors(t *testing.T) {
 	}{
 		{"nil", nil, errMalformed},
 		{"format 0", append([]byte{0}, valid[1:]...), errMalformed},
-		{"format 3", append([]byte{3}, valid[1:]...), errMalformed},
+		{"format 4", append([]byte{4}, valid[1:]...), errMalformed},
+		{"lease command in format 2", cmd(cmdGrant, 0, 5), errMalformed},
+		{"lease operation in format 2", cmd(cmdTxn, 0, 0, 1, opSetTTL, 1, 'k', 0, 5, 0), errMalformed},
 		{"format 255", append([]byte{0xff}, valid[1:]...), errMalformed},
 		{"trailing byte", append(append([]byte(nil), valid...), 0), errMalformed},
 		{"huge session count", []byte{cmdVersion, 5, 0xff, 0xff, 0xff, 0xff, 0x0f}, errMalformed},
