@@ -201,7 +201,9 @@ type history struct {
 	ringFrom uint64    // every change with a revision >= ringFrom is in ring
 	size     int       // bytes in ring
 	last     uint64    // the last revision committed
+	start    uint64    // the oldest revision the change log keeps (0: unknown)
 	pending  []histRev // of the transaction being applied
+	pendFrom uint64    // the log's start once the transaction commits (0: unchanged)
 }
 
 func newHistory(applied uint64, cfg WatchHistory) *history {
@@ -227,7 +229,7 @@ func (h *history) reset(index uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.ring, h.size, h.pending = nil, 0, nil
-	h.ringFrom, h.last = index+1, index
+	h.ringFrom, h.last, h.start, h.pendFrom = index+1, index, 0, 0
 }
 
 // histTx writes the changes of one engine transaction to the change log.
@@ -267,7 +269,7 @@ func histKey(rev uint64) []byte {
 // retried, and begins again).
 func (h *history) begin(tx storage.WriteTx, from uint64) *histTx {
 	h.mu.Lock()
-	h.pending = h.pending[:0]
+	h.pending, h.pendFrom = h.pending[:0], 0
 	h.mu.Unlock()
 	return &histTx{h: h, tx: tx, from: from}
 }
@@ -370,6 +372,9 @@ func (t *histTx) end() error {
 		t.meta.revs--
 		t.meta.bytes -= min(t.meta.bytes, uint64(size))
 	}
+	t.h.mu.Lock()
+	t.h.pendFrom = t.meta.start
+	t.h.mu.Unlock()
 	return t.tx.Put([]byte(sysHistMetaKey), t.meta.encode())
 }
 
@@ -404,8 +409,13 @@ func (h *history) committed(index uint64) {
 	}
 	h.pending = h.pending[:0]
 	h.last = index
+	if h.pendFrom != 0 {
+		h.start, h.pendFrom = h.pendFrom, 0
+	}
 	drop := 0
-	for len(h.ring)-drop > ringRevs || (h.size > ringBytes && drop < len(h.ring)) {
+	// The ring keeps no revision the change log has dropped: a Watch
+	// gets ErrCompacted alike from memory and from the file.
+	for drop < len(h.ring) && (len(h.ring)-drop > ringRevs || h.size > ringBytes || h.ring[drop].rev < h.start) {
 		h.size -= h.ring[drop].size
 		h.ringFrom = h.ring[drop].rev + 1
 		drop++
@@ -423,6 +433,10 @@ func (h *history) read(eng storage.Engine, buf []histRev, next uint64, max int) 
 	if next > h.last {
 		h.mu.Unlock()
 		return buf, next, nil
+	}
+	if h.start != 0 && next < h.start {
+		h.mu.Unlock()
+		return buf, next, &CompactedError{Rev: next, Oldest: h.start}
 	}
 	if next >= h.ringFrom {
 		i := sort.Search(len(h.ring), func(i int) bool { return h.ring[i].rev >= next })
