@@ -53,8 +53,12 @@ func WithContext(ctx context.Context) SessionOption {
 // renewed every ttl/3 until Close, or until the session is lost. ttl is
 // how long the keys of the session outlive a process that stops renewing
 // them (a crash, a partition, a pause); it must be positive, and is
-// rounded up to a whole millisecond. A second or a few suits most uses:
-// shorter means faster failover, and more renewals through Raft.
+// rounded up to a whole millisecond. Shorter means faster failover, and
+// more renewals through Raft. Keep it well above the time the cluster
+// takes to replace a leader (HeartbeatTimeout plus ElectionTimeout plus a
+// commit: about 2 to 3 s with the defaults, so 10 s is a safe TTL there):
+// no renewal lands while there is no leader, and a session that could not
+// renew for its TTL is lost, on every member at once.
 func NewSession(s *kv.Store, ttl time.Duration, opts ...SessionOption) (*Session, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("concurrency: session TTL %v: it must be positive", ttl)
