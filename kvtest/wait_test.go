@@ -42,10 +42,26 @@ func TestCluster_WaitKeyGone(t *testing.T) {
 	if err := l.Set(ctx, "k", []byte("v"), kv.TTL(ttl)); err != nil {
 		t.Fatal(err)
 	}
-	// A change under the key's name that is not its deletion.
-	if err := l.Set(ctx, "k/child", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
+	// Meanwhile, puts and deletes of another key under its name.
+	stop := make(chan struct{})
+	writer := make(chan error, 1)
+	go func() {
+		var err error
+		for n := 0; n < 200 && err == nil; n++ {
+			select {
+			case <-stop:
+				writer <- nil
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if n%2 == 0 {
+				err = l.Set(ctx, "k/child", []byte("x"))
+			} else {
+				err = l.Delete(ctx, "k/child")
+			}
+		}
+		writer <- err
+	}()
 	for i := range c.N() {
 		if err := c.WaitKeyGone(ctx, i, "k"); err != nil {
 			t.Fatalf("node%d: %v", i, err)
@@ -57,8 +73,20 @@ func TestCluster_WaitKeyGone(t *testing.T) {
 			t.Fatalf("node%d after WaitKeyGone: Get: %v, want ErrNotFound", i, err)
 		}
 	}
-	if _, err := l.Get(ctx, "k/child"); err != nil {
-		t.Fatalf("k/child: %v", err)
+	close(stop)
+	if err := <-writer; err != nil {
+		t.Fatalf("writing k/child: %v", err)
+	}
+	if err := l.Set(ctx, "k/child", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.N() {
+		if err := c.WaitFor(ctx, func() bool {
+			_, err := c.Node(i).Get(ctx, "k/child", kv.Stale())
+			return err == nil
+		}); err != nil {
+			t.Fatalf("node%d never applied k/child: %v", i, err)
+		}
 	}
 
 	// A key that stays: the wait ends with the context, or with the
