@@ -114,6 +114,13 @@ func init() {
 		s.abrupt.Store(true)
 		return s.Close()
 	}
+	hooks.LeaseExists = func(store any, id int64) (bool, error) {
+		s, ok := store.(*Store)
+		if !ok {
+			return false, fmt.Errorf("kv: lease lookup on a %T", store)
+		}
+		return s.leaseExists(id)
+	}
 }
 
 // Open starts an instance: it opens DataDir, listens on BindAddr, joins the

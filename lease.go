@@ -413,6 +413,24 @@ func (s *Store) expire(ids []uint64) {
 	wg.Wait()
 }
 
+// leaseExists says whether lease id is in this member's applied state
+// (kvtest's WaitLeaseExpired reads it).
+func (s *Store) leaseExists(id int64) (bool, error) {
+	if err := s.usable(); err != nil {
+		return false, err
+	}
+	if id <= 0 {
+		return false, nil
+	}
+	var ok bool
+	err := s.eng.View(func(tx storage.ReadTx) error {
+		var err error
+		_, ok, err = getLease(tx, uint64(id))
+		return err
+	})
+	return ok, s.engineErr(err)
+}
+
 // expiredLeases returns up to max leases whose deadline is at or before now.
 func (s *Store) expiredLeases(now uint64, max int) ([]uint64, error) {
 	var ids []uint64

@@ -56,3 +56,34 @@ func ExampleStart() {
 	// Ada L. <nil>
 	// Ada Lovelace <nil>
 }
+
+// Wait for a key written with a TTL to expire on every member, without a
+// fixed sleep: WaitKeyGone watches each member until it applies the
+// deletion.
+func ExampleCluster_WaitKeyGone() {
+	c, err := kvtest.Start(3, kvtest.InMemory())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	if err := c.Node(0).Set(ctx, "session/ada", []byte("online"), kv.TTL(500*time.Millisecond)); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for i := range c.N() {
+		if err := c.WaitKeyGone(ctx, i, "session/ada"); err != nil {
+			fmt.Println(err)
+			return
+		}
+		_, err := c.Node(i).Get(ctx, "session/ada", kv.Stale())
+		fmt.Printf("node%d: %v\n", i, err)
+	}
+	// Output:
+	// node0: kv: key not found
+	// node1: kv: key not found
+	// node2: kv: key not found
+}

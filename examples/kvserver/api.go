@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	kv "github.com/cohortkv/kv"
@@ -32,16 +33,25 @@ type api struct {
 	stats   func() kv.Stats // store.Stats; tests replace it
 	timeout time.Duration
 	mux     *http.ServeMux
+
+	heartbeat time.Duration // between progress lines of a quiet watch; tests shorten it
+	stopping  chan struct{} // closed by stopWatches
+	stopOnce  sync.Once
 }
 
 func newAPI(store *kv.Store, timeout time.Duration) *api {
-	a := &api{store: store, stats: store.Stats, timeout: timeout, mux: http.NewServeMux()}
+	a := &api{store: store, stats: store.Stats, timeout: timeout, mux: http.NewServeMux(),
+		heartbeat: defaultHeartbeat, stopping: make(chan struct{})}
 	a.mux.HandleFunc("POST /api/set", a.set)
 	a.mux.HandleFunc("GET /api/get", a.get)
 	a.mux.HandleFunc("GET /api/list", a.list)
 	a.mux.HandleFunc("DELETE /api/delete", a.del)
 	a.mux.HandleFunc("POST /api/cas", a.cas)
 	a.mux.HandleFunc("POST /api/txn", a.txn)
+	a.mux.HandleFunc("GET /api/watch", a.watch)
+	a.mux.HandleFunc("POST /api/lease/grant", a.leaseGrant)
+	a.mux.HandleFunc("POST /api/lease/keepalive", a.leaseKeepAlive)
+	a.mux.HandleFunc("POST /api/lease/revoke", a.leaseRevoke)
 	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
 	a.mux.HandleFunc("GET /health", a.health)
 	return a
@@ -102,13 +112,24 @@ func badRequest(w http.ResponseWriter, msg string) {
 }
 
 // fail answers an error of the Store. The body of a write whose outcome is
-// unknown says so: "outcome_unknown":true.
+// unknown says so: "outcome_unknown":true; that of a watch from a revision
+// no longer kept has "compacted":true and the oldest revision kept,
+// "oldest_rev".
 func (a *api) fail(w http.ResponseWriter, err error) {
+	writeJSON(w, a.status(err), errorBody(err))
+}
+
+func errorBody(err error) map[string]any {
 	body := map[string]any{"error": err.Error()}
 	if errors.Is(err, kv.ErrOutcomeUnknown) {
 		body["outcome_unknown"] = true
 	}
-	writeJSON(w, a.status(err), body)
+	var ce *kv.CompactedError
+	if errors.As(err, &ce) {
+		body["compacted"] = true
+		body["oldest_rev"] = ce.Oldest
+	}
+	return body
 }
 
 // status maps an error of the Store to an HTTP status. 503 means the
@@ -117,8 +138,10 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 // unknown (it may have been applied, or may be later).
 func (a *api) status(err error) int {
 	switch {
-	case errors.Is(err, kv.ErrNotFound):
+	case errors.Is(err, kv.ErrNotFound), errors.Is(err, kv.ErrLeaseNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, kv.ErrCompacted):
+		return http.StatusGone
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge),
 		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrTxnTooLarge):
 		return http.StatusBadRequest
@@ -198,17 +221,34 @@ func (a *api) set(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Key   *string `json:"key"`
 		Value *string `json:"value"`
+		TTL   *ttl    `json:"ttl"`
+		Lease *int64  `json:"lease"`
 	}
-	if !decodeBody(w, r, &req, `{"key":"...","value":"..."}`) {
+	if !decodeBody(w, r, &req, `{"key":"...","value":"..."} (and "ttl":"10s" or "lease":N)`) {
 		return
 	}
 	if req.Key == nil || req.Value == nil {
 		badRequest(w, `body: both "key" and "value" are required`)
 		return
 	}
+	var opts []kv.WriteOption
+	switch {
+	case req.TTL != nil && req.Lease != nil:
+		badRequest(w, `body: "ttl" or "lease", not both`)
+		return
+	case req.TTL != nil:
+		opts = append(opts, kv.TTL(time.Duration(*req.TTL)))
+	case req.Lease != nil:
+		id, err := leaseID("lease", req.Lease)
+		if err != nil {
+			badRequest(w, err.Error())
+			return
+		}
+		opts = append(opts, kv.WithLease(id))
+	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	if err := a.store.Set(ctx, *req.Key, []byte(*req.Value)); err != nil {
+	if err := a.store.Set(ctx, *req.Key, []byte(*req.Value), opts...); err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -234,7 +274,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"key": key, "value": string(e.Value), "found": true,
-		"create_rev": e.CreateRev, "mod_rev": e.ModRev, "version": e.Version})
+		"create_rev": e.CreateRev, "mod_rev": e.ModRev, "version": e.Version, "lease": int64(e.Lease)})
 }
 
 // list answers at most limit pairs (defaultListLimit without limit=), and

@@ -18,7 +18,8 @@ import (
 
 // The README's tour, as a user would run it: three kvserver processes on
 // 127.0.0.1; write, read from another node, kill -9 the leader, keep
-// writing, restart it, see it catch up. Then two stop, and the third
+// writing (watches see the writes, the killed node's resumed on a
+// survivor), restart it, see it catch up. Then two stop, and the third
 // answers 503 (no leader) once its KV_TIMEOUT has passed.
 func TestE2E_Tour(t *testing.T) {
 	if testing.Short() {
@@ -144,6 +145,12 @@ func TestE2E_Tour(t *testing.T) {
 		t.Fatalf("bad body: %d, want 400", code)
 	}
 
+	// Watch after-kill/ on every node, as the README's tour does.
+	watches := make([]*stream, len(nodes))
+	for i := range nodes {
+		watches[i] = openWatch(t, "http://"+nodes[i].http+"/api/watch?prefix=after-kill/")
+	}
+
 	// 3. Find the leader and kill -9 it.
 	_, st := call("GET", nodes[0].http, "/api/stats", nil)
 	leaderID, _ := st["leader"].(string)
@@ -172,6 +179,46 @@ func TestE2E_Tour(t *testing.T) {
 	if pairs, _ := out["pairs"].([]any); code != 200 || len(pairs) != 5 {
 		t.Fatalf("list with limit: %d %v", code, out)
 	}
+
+	// The watches of the survivors see the writes made after the kill.
+	// The killed node's stream has ended: resumed on a survivor from the
+	// revision after its last line, it sees them all too.
+	seesAll := func(w *stream, what string) {
+		t.Helper()
+		var rev uint64
+		seen, next := map[string]bool{}, 0
+		for len(seen) < 10 {
+			m := w.nextEvent(30 * time.Second)
+			if m == nil || m["type"] != "put" || num(m, "mod_rev") <= rev {
+				t.Fatalf("%s: event %v after %d of the 10 writes (last revision %d)", what, m, len(seen), rev)
+			}
+			rev = num(m, "mod_rev")
+			key := m["key"].(string)
+			if !seen[key] {
+				// A write retried after a lost answer may come twice;
+				// the keys still come in the order written.
+				if want := fmt.Sprintf("after-kill/%d", next); key != want || m["value"] != fmt.Sprint(next) {
+					t.Fatalf("%s: event %v, want %s", what, m, want)
+				}
+				seen[key] = true
+				next++
+			}
+		}
+	}
+	for i := range nodes {
+		if i != leader {
+			seesAll(watches[i], fmt.Sprintf("watch on node%d", i+1))
+		}
+	}
+	var upTo uint64
+	for m := watches[leader].next(30 * time.Second); m != nil; m = watches[leader].next(30 * time.Second) {
+		if m["type"] != "progress" {
+			t.Fatalf("the killed leader's stream: %v, want only progress lines", m)
+		}
+		upTo = num(m, "rev")
+	}
+	seesAll(openWatch(t, fmt.Sprintf("http://%s/api/watch?prefix=after-kill/&from_rev=%d", nodes[other].http, upTo+1)),
+		"the killed leader's watch, resumed on a survivor")
 
 	// 5. Restart it: it catches up with what it missed.
 	start(leader)

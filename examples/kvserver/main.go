@@ -18,15 +18,22 @@
 //
 // HTTP API:
 //
-//	POST   /api/set              {"key":"k","value":"v"}        -> {"success":true}
-//	GET    /api/get?key=k[&stale=true]                          -> {"key":"k","value":"v","found":true}
-//	GET    /api/list?prefix=p&limit=n&after=k[&stale=true]      -> {"pairs":[{"key":"k","value":"v"}],"more":true,"next":"k"}
+//	POST   /api/set              {"key":"k","value":"v"[,"ttl":"10s"|"lease":N]} -> {"success":true}
+//	GET    /api/get?key=k[&stale=true]                          -> {"key":"k","value":"v","found":true,"mod_rev":N,...}
+//	GET    /api/list?prefix=p&limit=n&after=k[&stale=true]      -> {"pairs":[{"key":"k","value":"v",...}],"more":true,"next":"k","revision":N}
 //	DELETE /api/delete?key=k                                    -> {"success":true}
+//	POST   /api/cas              {"key":"k","value":"v","mod_rev":N} -> {"success":true,"mod_rev":M}; 409 on another revision
+//	POST   /api/txn              {"if":[...],"then":[...],"else":[...]} -> {"succeeded":true,"revision":N,"gets":[...]}
+//	GET    /api/watch?prefix=p[&from_rev=N]                     -> newline-delimited JSON: progress, events, heartbeats
+//	POST   /api/lease/grant      {"ttl":"10s"}                  -> {"id":N,"ttl":"10s"}
+//	POST   /api/lease/keepalive  {"id":N}                       -> {"id":N,"ttl":"10s"}; 404 when gone
+//	POST   /api/lease/revoke     {"id":N}                       -> {"success":true}; 404 when gone
 //	GET    /api/stats                                           -> state, leader, term, commit_index, applied_index, members
 //	GET    /health                                              -> 200 when a leader is known and this instance is caught up, else 503
 //
-// Errors are JSON {"error":"..."}: 400 bad input, 404 absent key or no such
-// endpoint, 405 wrong method, 413 body too large, 503 not done and safe to
+// Errors are JSON {"error":"..."}: 400 bad input, 404 absent key or lease,
+// or no such endpoint, 405 wrong method, 409 compare failed, 410 a watch
+// from a revision no longer kept, 413 body too large, 503 not done and safe to
 // retry (no leader, shutting down, this member halted), 504 time ran out
 // with a leader known, or a write whose outcome is unknown
 // ("outcome_unknown":true), 507 disk full. README.md has the details.
@@ -276,16 +283,20 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		ln.Close()
 		return err
 	}
+	api := newAPI(store, o.timeout)
 	srv := &http.Server{
-		Handler:           newAPI(store, o.timeout),
+		Handler:           api,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       readTimeout,
 		// Counted from the end of the headers: reading the body, waiting
-		// up to -timeout for the cluster, then answering.
+		// up to -timeout for the cluster, then answering. A watch stream
+		// replaces it with a deadline per write (streamWriteTimeout).
 		WriteTimeout: readTimeout + o.timeout + answerTime,
 		IdleTimeout:  2 * time.Minute,
 		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for requests to end; watch streams end when told.
+	srv.RegisterOnShutdown(api.stopWatches)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("kvserver ready", "node", o.nodeID, "http", ln.Addr().String(), "transport", store.Addr(), "gossip", store.GossipAddr())

@@ -16,10 +16,11 @@ type entry struct {
 	CreateRev uint64 `json:"create_rev"`
 	ModRev    uint64 `json:"mod_rev"`
 	Version   uint64 `json:"version"`
+	Lease     int64  `json:"lease"` // 0: none
 }
 
 func toEntry(e kv.Entry) entry {
-	return entry{Key: e.Key, Value: string(e.Value), CreateRev: e.CreateRev, ModRev: e.ModRev, Version: e.Version}
+	return entry{Key: e.Key, Value: string(e.Value), CreateRev: e.CreateRev, ModRev: e.ModRev, Version: e.Version, Lease: int64(e.Lease)}
 }
 
 // conflict answers 409 with the key's current entry (null when absent).

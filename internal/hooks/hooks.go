@@ -7,3 +7,9 @@ package hooks
 // forwarded calls and no gossip leave, as if the process had died. Set by
 // package kv.
 var Crash func(store any) error
+
+// LeaseExists says whether lease id exists in the applied state of a
+// *kv.Store (its own data, no round trip): false once this member has
+// applied the lease's expiry or revocation, and with it the deletion of its
+// keys. Set by package kv.
+var LeaseExists func(store any, id int64) (bool, error)
