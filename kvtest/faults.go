@@ -88,13 +88,14 @@ type faultConn struct {
 	mu            sync.Mutex
 	readDeadline  time.Time
 	writeDeadline time.Time
-	pending       []byte // read while partitioned, not yet handed out
+	pending       []byte        // read while partitioned, not yet handed out
+	dlChanged     chan struct{} // closed and replaced when a deadline changes
 	closed        chan struct{}
 	closeOnce     sync.Once
 }
 
 func newFaultConn(f *fabric, c net.Conn, from int, addr string) *faultConn {
-	return &faultConn{Conn: c, f: f, from: from, addr: addr, closed: make(chan struct{})}
+	return &faultConn{Conn: c, f: f, from: from, addr: addr, closed: make(chan struct{}), dlChanged: make(chan struct{})}
 }
 
 // pass waits while the link is cut; it fails on close or at the deadline.
@@ -106,6 +107,9 @@ func (c *faultConn) pass(deadline func() time.Time) error {
 		}
 		var timeout <-chan time.Time
 		var t *time.Timer
+		c.mu.Lock()
+		moved := c.dlChanged
+		c.mu.Unlock()
 		if dl := deadline(); !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {
@@ -117,6 +121,7 @@ func (c *faultConn) pass(deadline func() time.Time) error {
 		var err error
 		select {
 		case <-changed:
+		case <-moved:
 		case <-c.closed:
 			err = net.ErrClosed
 		case <-timeout:
@@ -189,6 +194,7 @@ func (c *faultConn) Close() error {
 func (c *faultConn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.readDeadline, c.writeDeadline = t, t
+	c.deadlineMoved()
 	c.mu.Unlock()
 	return c.Conn.SetDeadline(t)
 }
@@ -196,6 +202,7 @@ func (c *faultConn) SetDeadline(t time.Time) error {
 func (c *faultConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.readDeadline = t
+	c.deadlineMoved()
 	c.mu.Unlock()
 	return c.Conn.SetReadDeadline(t)
 }
@@ -203,8 +210,16 @@ func (c *faultConn) SetReadDeadline(t time.Time) error {
 func (c *faultConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.writeDeadline = t
+	c.deadlineMoved()
 	c.mu.Unlock()
 	return c.Conn.SetWriteDeadline(t)
+}
+
+// deadlineMoved wakes the calls waiting in pass, which look at their
+// deadline again, as a blocked call on a net.Conn does. c.mu is held.
+func (c *faultConn) deadlineMoved() {
+	close(c.dlChanged)
+	c.dlChanged = make(chan struct{})
 }
 
 // gossipTransport is member i's memberlist transport seen through the

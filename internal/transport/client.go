@@ -97,7 +97,9 @@ func (p *Pool) CallAbort(ctx context.Context, abort <-chan struct{}, grace time.
 
 	cc.wmu.Lock()
 	cc.c.SetWriteDeadline(time.Now().Add(frameIOTimeout))
+	stop := cc.interruptWrite(ctx, abort, grace)
 	err = writeFrame(cc.bw, req, p.maxFrame)
+	stop()
 	cc.wmu.Unlock()
 	if err != nil {
 		cc.forget(req.Seq)
@@ -238,4 +240,55 @@ func (p *Pool) Close() {
 		cc.fail(ErrClosed)
 	}
 	p.wg.Wait()
+}
+
+// interruptWrite makes the frame write under way give up, as the wait for
+// the reply does, when ctx ends or grace has passed since abort closed: a
+// write blocked on a peer that stopped reading (cut off, paused) would
+// otherwise hold the connection, and every call queued behind it, for up
+// to frameIOTimeout. The write then fails and with it the connection (a
+// frame may be half sent), and the call's outcome is unknown. The returned
+// func ends the watch; call it once the write has returned, before wmu is
+// released.
+func (cc *clientConn) interruptWrite(ctx context.Context, abort <-chan struct{}, grace time.Duration) (stop func()) {
+	if ctx.Done() == nil && abort == nil {
+		return func() {}
+	}
+	var mu sync.Mutex
+	done := false
+	fire := func() {
+		mu.Lock()
+		if !done {
+			cc.c.SetWriteDeadline(time.Now())
+		}
+		mu.Unlock()
+	}
+	stopCtx := context.AfterFunc(ctx, fire)
+	var quit chan struct{}
+	if abort != nil {
+		quit = make(chan struct{})
+		go func() {
+			select {
+			case <-abort:
+			case <-quit:
+				return
+			}
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				fire()
+			case <-quit:
+			}
+		}()
+	}
+	return func() {
+		mu.Lock()
+		done = true
+		mu.Unlock()
+		stopCtx()
+		if quit != nil {
+			close(quit)
+		}
+	}
 }
