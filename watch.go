@@ -404,8 +404,16 @@ func (h *history) committed(index uint64) {
 	}
 	h.pending = h.pending[:0]
 	h.last = index
+	// The ring keeps no more than the change log does (the same bounds,
+	// on the same sizes): a revision trimmed from the log is gone for
+	// every watcher, whether it reads from memory or from the file.
 	drop := 0
-	for len(h.ring)-drop > ringRevs || (h.size > ringBytes && drop < len(h.ring)) {
+	over := func() bool {
+		n, size := uint64(len(h.ring)-drop), uint64(h.size)
+		return n > ringRevs || size > ringBytes ||
+			(h.maxRevs > 0 && n > h.maxRevs) || (h.maxBytes > 0 && size > h.maxBytes)
+	}
+	for drop < len(h.ring) && over() {
 		h.size -= h.ring[drop].size
 		h.ringFrom = h.ring[drop].rev + 1
 		drop++
