@@ -91,13 +91,13 @@ func TestFSMApply_PerCommandResults(t *testing.T) {
 			gets   string
 		}{
 			{resOK, "[]"},
-			{resFailed, `[{b [111 108 100] 1 1 1}]`},
+			{resFailed, `[{b [111 108 100] 1 1 1 0}]`},
 			{resOK, "[]"},
 			{resOK, "[]"},
 			{resOK, "[]"},
-			{resFailed, `[{fresh [120] 2 2 1}]`},
-			{resOK, `[{a [49] 2 2 1} {c [] 0 0 0} {d [] 2 2 1}]`},
-			{resFailed, `[{zz [] 0 0 0}]`},
+			{resFailed, `[{fresh [120] 2 2 1 0}]`},
+			{resOK, `[{a [49] 2 2 1 0} {c [] 0 0 0 0} {d [] 2 2 1 0}]`},
+			{resFailed, `[{zz [] 0 0 0 0}]`},
 		}
 		if len(res) != len(want) {
 			t.Fatalf("%d results for %d commands", len(res), len(want))
