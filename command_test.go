@@ -27,8 +27,8 @@ func encodeEntry1(t testing.TB, ops ...Op) []byte {
 
 // sameCommand says how a and b differ, or "" when they do not.
 func sameCommand(a, b *command) string {
-	if a.kind != b.kind || a.seq != b.seq || a.nonce != b.nonce || a.seq != 0 && a.sess != b.sess {
-		return fmt.Sprintf("kind/session/seq/nonce %d %x %d %d, want %d %x %d %d", a.kind, a.sess, a.seq, a.nonce, b.kind, b.sess, b.seq, b.nonce)
+	if a.kind != b.kind || a.seq != b.seq || a.nonce != b.nonce || a.n != b.n || a.seq != 0 && a.sess != b.sess {
+		return fmt.Sprintf("kind/session/seq/nonce/n %d %x %d %d %d, want %d %x %d %d %d", a.kind, a.sess, a.seq, a.nonce, a.n, b.kind, b.sess, b.seq, b.nonce, b.n)
 	}
 	if len(a.conds) != len(b.conds) || len(a.then) != len(b.then) || len(a.els) != len(b.els) {
 		return fmt.Sprintf("%d/%d/%d conditions/then/else, want %d/%d/%d", len(a.conds), len(a.then), len(a.els), len(b.conds), len(b.then), len(b.els))
@@ -42,7 +42,7 @@ func sameCommand(a, b *command) string {
 	for _, br := range [][2][]Op{{a.then, b.then}, {a.els, b.els}} {
 		for i := range br[0] {
 			x, y := br[0][i], br[1][i]
-			if x.kind != y.kind || x.key != y.key || !bytes.Equal(x.value, y.value) {
+			if x.kind != y.kind || x.key != y.key || !bytes.Equal(x.value, y.value) || x.lease != y.lease || x.ttl != y.ttl {
 				return fmt.Sprintf("operation %d = %+v, want %+v", i, x, y)
 			}
 		}
@@ -205,10 +205,16 @@ func FuzzDecodeCommand(f *testing.F) {
 		{{kind: cmdTxn, then: []Op{OpSet("k", []byte("v"))}}},
 		{{kind: cmdTxn, sess: s1, seq: 4, floor: 2, conds: []Cond{ModRevIs("a", 3), ValueIs("b", nil), Exists("c"), VersionIs("d", 1)}, then: []Op{OpSet("a", []byte("1")), OpDelete("b")}, els: []Op{OpGet("a")}}},
 		{{kind: cmdRegister, nonce: 7}, {kind: cmdTxn, then: []Op{OpDelete("x")}}},
+		// Format 3: lease commands and operations.
+		{{kind: cmdGrant, n: 5000}, {kind: cmdKeepAlive, sess: s1, seq: 5, floor: 2, n: 3}, {kind: cmdRevoke, n: 1 << 40}, {kind: cmdExpire, n: 1}},
+		{{kind: cmdTxn, then: []Op{{kind: opSet, key: "l", value: []byte("v"), lease: 7}, {kind: opSet, key: "t", value: nil, ttl: 250}}, els: []Op{{kind: opSet, key: "e", lease: 1}}}},
 	} {
 		b := encodeEntry(9, g)
 		f.Add(b)
 		f.Add(b[:len(b)-1])
+		if b[0] == cmdVersion3 {
+			f.Add(append([]byte{cmdVersion}, b[1:]...)) // as a format 2 entry
+		}
 	}
 	f.Add([]byte{})
 	f.Add([]byte{cmdVersion1, 0xc1})
@@ -220,12 +226,18 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 		for i := range d.cmds {
 			c := &d.cmds[i]
-			if c.kind != cmdTxn && c.kind != cmdRegister {
+			if c.kind != cmdTxn && c.kind != cmdRegister && !isLeaseCmd(c.kind) {
 				t.Fatalf("decodeEntry(%x) accepted command kind %d", b, c.kind)
+			}
+			if isLeaseCmd(c.kind) && (b[0] != cmdVersion3 || c.n == 0 || c.n > maxLeaseN || c.count() != 0) {
+				t.Fatalf("decodeEntry(%x) accepted lease command %+v", b, c)
 			}
 			for _, o := range append(append([]Op(nil), c.then...), c.els...) {
 				if o.kind < opSet || o.kind > opGet || o.key == "" {
 					t.Fatalf("decodeEntry(%x) accepted op %+v", b, o)
+				}
+				if (o.lease != 0 || o.ttl != 0) && (b[0] != cmdVersion3 || o.kind != opSet || o.lease != 0 && o.ttl != 0) {
+					t.Fatalf("decodeEntry(%x) accepted lease operation %+v (a format 2 reader must refuse it)", b, o)
 				}
 			}
 			for _, k := range c.conds {

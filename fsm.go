@@ -402,6 +402,11 @@ func (a *applier) setKey(index, now uint64, o *Op) error {
 		if err := a.attach(lease, o.key); err != nil {
 			return err
 		}
+		if o.ttl == 0 && lease != 0 {
+			if err := a.share(lease); err != nil {
+				return err
+			}
+		}
 	}
 	a.buf = encodeLeased(a.buf[:0], create, index, version, lease, o.value)
 	if err := a.tx.Put(key, a.buf); err != nil {

@@ -173,7 +173,9 @@ const (
 )
 
 // leaseOwnKey flags a lease that TTL made for one key: it ends when the key
-// is deleted or written again.
+// is deleted or written again. A write WithLease of another key makes it
+// a lease like any other (share): it then ends when it expires or is
+// revoked, and the keys attached to it go with it.
 const leaseOwnKey = 1
 
 type leaseRec struct {
@@ -252,6 +254,18 @@ func (a *applier) attach(id uint64, key string) error {
 		return nil
 	}
 	return a.tx.Put(leaseKeyKey(id, key), nil)
+}
+
+// share clears the own-key flag of lease id, which a write WithLease
+// attaches a key to: the lease may hold other keys than the one TTL made
+// it for, and must not end with that one.
+func (a *applier) share(id uint64) error {
+	l, ok, err := getLease(a.tx, id)
+	if err != nil || !ok || l.flags&leaseOwnKey == 0 {
+		return err
+	}
+	l.flags &^= leaseOwnKey
+	return putLease(a.tx, id, l)
 }
 
 func (a *applier) detach(id uint64, key string) error {
