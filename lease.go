@@ -32,8 +32,9 @@ func WithLease(id LeaseID) WriteOption { return WriteOption{lease: id} }
 
 // TTL gives the key a lease of its own that expires after d: the key is
 // deleted once d has passed since this write (at least d; see Grant for
-// how much later). A later write of the key ends that lease: the key then
-// lives as the later write says. d is rounded up to a whole millisecond.
+// how much later). A later write of the key ends that lease (unless other
+// keys were attached to it WithLease: it ends with the last of them): the
+// key then lives as the later write says. d is rounded up to a whole millisecond.
 func TTL(d time.Duration) WriteOption { return WriteOption{isTTL: true, ttl: d} }
 
 // ErrLeaseNotFound is returned by KeepAlive and Revoke, and by a write
@@ -263,6 +264,15 @@ func (a *applier) detach(id uint64, key string) error {
 	}
 	l, ok, err := getLease(a.tx, id)
 	if err != nil || !ok || l.flags&leaseOwnKey == 0 {
+		return err
+	}
+	// Other keys may have joined it WithLease: it ends with the last.
+	prefix := leaseKeyKey(id, "")
+	left := false
+	if err := a.tx.Scan(prefix, func(k, _ []byte) bool {
+		left = len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix)
+		return false
+	}); err != nil || left {
 		return err
 	}
 	return a.dropLease(id, l)

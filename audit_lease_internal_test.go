@@ -1,0 +1,87 @@
+package kv
+
+import (
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/cohortkv/kv/internal/storage"
+)
+
+// leaseLog is the entry at index of one lease command, at leader time now.
+func leaseLog(index, now uint64, kind uint8, n uint64) *raft.Log {
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: encodeEntry(now, []command{{kind: kind, n: n}})}
+}
+
+// opsLog is the entry at index of one Txn of ops, at leader time now.
+func opsLog(index, now uint64, ops ...Op) *raft.Log {
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: encodeEntry(now, []command{{kind: cmdTxn, then: ops}})}
+}
+
+func fsmEntry(t *testing.T, eng storage.Engine, key string) (Entry, bool) {
+	t.Helper()
+	var e Entry
+	if err := eng.View(func(tx storage.ReadTx) error {
+		var err error
+		e, err = getEntry(tx, key)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return e, e.ModRev != 0
+}
+
+// sysKeys returns the keys of the store's own state under prefix.
+func sysKeys(t *testing.T, eng storage.Engine, prefix string) []string {
+	t.Helper()
+	var keys []string
+	if err := eng.View(func(tx storage.ReadTx) error {
+		return tx.Scan([]byte(prefix), func(k, _ []byte) bool {
+			if string(k[:min(len(k), len(prefix))]) != prefix {
+				return false
+			}
+			keys = append(keys, string(k))
+			return true
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// A key attached, WithLease, to the lease another key's TTL made is
+// deleted when that lease expires, even after the TTL key was written again
+// without it: the lease is the attached key's too, and a lease is not
+// ended while a key is attached to it.
+func TestLease_KeyOnAnotherKeysTTLLeaseExpires(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		f := newTestFSM(t, open(t))
+		now := uint64(1_000_000)
+		f.ApplyBatch([]*raft.Log{opsLog(1, now, OpSet("a", []byte("1"), TTL(time.Second)))})
+		a, _ := fsmEntry(t, f.eng, "a")
+		if a.Lease == 0 {
+			t.Fatal("the TTL key has no lease")
+		}
+		// Another key joins that lease, as a user who read a's Entry.Lease can.
+		r := results(t, f, opsLog(2, now, OpSet("b", []byte("2"), WithLease(a.Lease))))
+		if r[0].status != resOK {
+			t.Fatalf("attaching b to a's lease: status %d", r[0].status)
+		}
+		// a is written again without a TTL: a leaves the lease.
+		f.ApplyBatch([]*raft.Log{opsLog(3, now, setOp("a", "3"))})
+		// The lease's deadline passes; the leader proposes its expiry.
+		f.ApplyBatch([]*raft.Log{leaseLog(4, now+2000, cmdExpire, uint64(a.Lease))})
+		if e, ok := fsmEntry(t, f.eng, "b"); ok {
+			t.Errorf("b, attached to lease %d, survived its deadline: %+v", a.Lease, e)
+		}
+		if _, ok := fsmEntry(t, f.eng, "a"); !ok {
+			t.Error("a, written again without a lease, was deleted")
+		}
+		for _, p := range []string{sysLeasePrefix, sysExpiryPrefix, sysLeaseKeyPrefix} {
+			if k := sysKeys(t, f.eng, p); len(k) != 0 {
+				t.Errorf("lease state left behind: %q", k)
+			}
+		}
+	})
+}
