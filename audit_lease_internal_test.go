@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -77,6 +78,47 @@ func TestLease_KeyOnAnotherKeysTTLLeaseExpires(t *testing.T) {
 		}
 		if _, ok := fsmEntry(t, f.eng, "a"); !ok {
 			t.Error("a, written again without a lease, was deleted")
+		}
+		for _, p := range []string{sysLeasePrefix, sysExpiryPrefix, sysLeaseKeyPrefix} {
+			if k := sysKeys(t, f.eng, p); len(k) != 0 {
+				t.Errorf("lease state left behind: %q", k)
+			}
+		}
+	})
+}
+
+// A lease whose expiry has begun (it has more keys than one expiry entry
+// deletes) is gone for KeepAlive and WithLease: a renewal between the
+// entries of its expiry does not keep the keys not deleted yet, nor tell
+// its holder that the lease lives while some of its keys are gone.
+func TestLease_ExpiryInSeveralEntriesIsNotUndoneByKeepAlive(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		f := newTestFSM(t, open(t))
+		now := uint64(1_000_000)
+		id := results(t, f, leaseLog(1, now, cmdGrant, 1000))[0].rev
+		var ops []Op
+		for i := 0; i < expireBatch+10; i++ {
+			ops = append(ops, OpSet(fmt.Sprintf("k%05d", i), []byte("v"), WithLease(LeaseID(id))))
+		}
+		if r := results(t, f, opsLog(2, now, ops...)); r[0].status != resOK {
+			t.Fatalf("attach: status %d", r[0].status)
+		}
+		// The deadline passes; the first expiry entry deletes expireBatch keys.
+		results(t, f, leaseLog(3, now+1500, cmdExpire, id))
+		if n := len(fsmDump(t, f.eng)); n != 10 {
+			t.Fatalf("%d keys after the first expiry entry, want 10", n)
+		}
+		// The holder's late renewal, before the next expiry entry.
+		if r := results(t, f, leaseLog(4, now+1501, cmdKeepAlive, id)); r[0].status != resNoLease {
+			t.Errorf("KeepAlive of a lease whose keys are being deleted: status %d, want resNoLease", r[0].status)
+		}
+		if r := results(t, f, opsLog(5, now+1502, OpSet("late", []byte("v"), WithLease(LeaseID(id))))); r[0].status != resNoLease {
+			t.Errorf("a write WithLease of a lease whose keys are being deleted: status %d, want resNoLease", r[0].status)
+		}
+		// The leader proposes the expiry again, at its next tick.
+		results(t, f, leaseLog(6, now+1600, cmdExpire, id))
+		if got := fsmDump(t, f.eng); len(got) != 0 {
+			t.Errorf("keys of the expired lease left: %v", got)
 		}
 		for _, p := range []string{sysLeasePrefix, sysExpiryPrefix, sysLeaseKeyPrefix} {
 			if k := sysKeys(t, f.eng, p); len(k) != 0 {

@@ -174,8 +174,14 @@ const (
 )
 
 // leaseOwnKey flags a lease that TTL made for one key: it ends when the key
-// is deleted or written again.
-const leaseOwnKey = 1
+// is deleted or written again. leaseExpiring flags a lease whose expiry has
+// begun (its keys take more than one expiry entry): it is gone for
+// KeepAlive and WithLease, and its next expiry entry goes on whatever the
+// time.
+const (
+	leaseOwnKey   = 1
+	leaseExpiring = 2
+)
 
 type leaseRec struct {
 	ttl, deadline uint64
@@ -282,7 +288,7 @@ func (a *applier) detach(id uint64, key string) error {
 func (a *applier) leasesExist(ops []Op) (bool, error) {
 	for i := range ops {
 		if id := ops[i].lease; ops[i].kind == opSet && id != 0 && ops[i].ttl == 0 {
-			if _, ok, err := getLease(a.tx, id); err != nil || !ok {
+			if l, ok, err := getLease(a.tx, id); err != nil || !ok || l.flags&leaseExpiring != 0 {
 				return false, err
 			}
 		}
@@ -311,6 +317,9 @@ func (a *applier) leaseCommand(index, now uint64, c *command) (cmdResult, error)
 	}
 	switch c.kind {
 	case cmdKeepAlive:
+		if l.flags&leaseExpiring != 0 {
+			return cmdResult{status: resNoLease, rev: index}, nil
+		}
 		if err := a.tx.Delete(expiryKey(l.deadline, c.n)); err != nil {
 			return res, err
 		}
@@ -318,12 +327,20 @@ func (a *applier) leaseCommand(index, now uint64, c *command) (cmdResult, error)
 		res.rev = l.ttl
 		return res, putLease(a.tx, c.n, l)
 	case cmdExpire:
-		if l.deadline > now {
+		if l.deadline > now && l.flags&leaseExpiring == 0 {
 			// Renewed since the leader saw it expire.
 			return cmdResult{status: resFailed, rev: index}, nil
 		}
 		done, err := a.deleteLeaseKeys(index, c.n, expireBatch)
-		if err != nil || !done {
+		if err != nil {
+			return res, err
+		}
+		if !done {
+			// Some of its keys are gone: it cannot be renewed.
+			if l.flags&leaseExpiring == 0 {
+				l.flags |= leaseExpiring
+				err = putLease(a.tx, c.n, l)
+			}
 			return res, err
 		}
 		return res, a.dropLease(c.n, l)
