@@ -127,3 +127,34 @@ func TestLease_ExpiryInSeveralEntriesIsNotUndoneByKeepAlive(t *testing.T) {
 		}
 	})
 }
+
+// The Gets of a Txn that wrote carry the Lease of the keys they read,
+// alike in the reply to a forwarded batch and when a retried Txn is
+// answered from its session's record.
+func TestLease_TxnGetsCarryLease(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		f := newTestFSM(t, open(t))
+		now := uint64(1_000_000)
+		id := results(t, f, leaseLog(1, now, cmdGrant, 60_000))[0].rev
+		results(t, f, opsLog(2, now, OpSet("leased", []byte("v"), WithLease(LeaseID(id)))))
+		sess := register(t, f, 3, now)
+		txn := inSession(command{kind: cmdTxn, then: []Op{OpSet("other", []byte("x")), OpGet("leased")}}, sess, 1, 1)
+		first := results(t, f, entryLog(4, now, txn))
+		if len(first[0].gets) != 1 || first[0].gets[0].Lease != LeaseID(id) {
+			t.Fatalf("the Get as applied: %+v, want lease %d", first[0].gets, id)
+		}
+		// The reply to a forwarded batch.
+		fwd, err := decodeResults(appendResults(nil, first))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := fwd[0].gets[0]; g.Lease != LeaseID(id) {
+			t.Errorf("the Get in a forwarded reply: %+v, want lease %d", g, id)
+		}
+		// The retry, answered from the session's record.
+		again := results(t, f, entryLog(5, now, txn))
+		if len(again[0].gets) != 1 || again[0].gets[0].Lease != LeaseID(id) {
+			t.Errorf("the Get of the retried Txn: %+v, want lease %d", again[0].gets, id)
+		}
+	})
+}
