@@ -158,3 +158,30 @@ func TestLease_TxnGetsCarryLease(t *testing.T) {
 		}
 	})
 }
+
+// A Grant retried under its sequence (its reply was lost) is answered with
+// the first lease, and makes no second one; a retried Revoke is answered
+// with its first answer, not ErrLeaseNotFound.
+func TestLease_RetriedGrantAndRevokeAreAppliedOnce(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		f := newTestFSM(t, open(t))
+		now := uint64(1_000_000)
+		sess := register(t, f, 1, now)
+		grant := inSession(command{kind: cmdGrant, n: 5000}, sess, 1, 1)
+		first := results(t, f, entryLog(2, now, grant))[0]
+		again := results(t, f, entryLog(3, now+10, grant))[0]
+		if first.status != resOK || again.status != first.status || again.rev != first.rev {
+			t.Fatalf("grant %+v, its retry %+v", first, again)
+		}
+		if k := sysKeys(t, f.eng, sysLeasePrefix); len(k) != 1 {
+			t.Fatalf("leases after a retried grant: %q", k)
+		}
+		revoke := inSession(command{kind: cmdRevoke, n: first.rev}, sess, 2, 1)
+		if r := results(t, f, entryLog(4, now, revoke))[0]; r.status != resOK {
+			t.Fatalf("revoke: %+v", r)
+		}
+		if r := results(t, f, entryLog(5, now, revoke))[0]; r.status != resOK {
+			t.Fatalf("retried revoke: %+v", r)
+		}
+	})
+}
