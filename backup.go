@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,13 +46,36 @@ func (s *Store) Backup(ctx context.Context, w io.Writer, opts ...ReadOption) err
 	}
 	defer snap.Release()
 	aw := &abandonableWriter{ctx: ctx, closed: s.ctx.Done(), w: w}
-	if err := storage.WriteSnapshot(aw, snap.AppliedIndex(), snap); err != nil {
+	if err := writeBackup(aw, snap); err != nil {
 		if aw.err != nil {
 			return aw.err
 		}
 		return fmt.Errorf("kv: backup: %w", err)
 	}
 	return nil
+}
+
+// writeBackup writes the copy of snap a backup holds: all of it but the
+// change log (watch.go). Its revisions are those of this store only: a
+// Restore starts the log anew after the restore's index, and a restored
+// copy that carried it would serve them as the restoring store's for as
+// long as the data file holds them before that (to watchers reading
+// between the install and the start of the new log, and for good after a
+// crash there).
+func writeBackup(w io.Writer, snap storage.Snapshot) error {
+	return storage.WriteSnapshot(w, snap.AppliedIndex(), withoutHistory{snap})
+}
+
+// withoutHistory is a view without the change log.
+type withoutHistory struct{ storage.ReadTx }
+
+func (v withoutHistory) Scan(from []byte, fn func(k, v []byte) bool) error {
+	return v.ReadTx.Scan(from, func(k, val []byte) bool {
+		if bytes.HasPrefix(k, []byte(sysHistPrefix)) || string(k) == sysHistMetaKey {
+			return true
+		}
+		return fn(k, val)
+	})
 }
 
 // abandonableWriter writes to w in a goroutine per Write and stops

@@ -663,6 +663,10 @@ type cmdResult struct {
 //	uvarint n, then each: byte status, uvarint rev, uvarint gets, then each
 //	get: key, uvarint ModRev, and when it is not 0: uvarint CreateRev,
 //	uvarint Version, bytes value
+//
+// and, only when a get has a lease: uvarint m, then m times: uvarint
+// result, uvarint get (their places above), uvarint lease. Without it the
+// encoding is the one of versions before leases.
 func appendResults(b []byte, res []cmdResult) []byte {
 	b = binary.AppendUvarint(b, uint64(len(res)))
 	for i := range res {
@@ -678,6 +682,27 @@ func appendResults(b []byte, res []cmdResult) []byte {
 				b = binary.AppendUvarint(b, g.CreateRev)
 				b = binary.AppendUvarint(b, g.Version)
 				b = appendBytes(b, unsafe.String(unsafe.SliceData(g.Value), len(g.Value)))
+			}
+		}
+	}
+	m := 0
+	for i := range res {
+		for j := range res[i].gets {
+			if res[i].gets[j].Lease != 0 {
+				m++
+			}
+		}
+	}
+	if m == 0 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(m))
+	for i := range res {
+		for j := range res[i].gets {
+			if l := res[i].gets[j].Lease; l != 0 {
+				b = binary.AppendUvarint(b, uint64(i))
+				b = binary.AppendUvarint(b, uint64(j))
+				b = binary.AppendUvarint(b, uint64(l))
 			}
 		}
 	}
@@ -737,6 +762,30 @@ func decodeResults(b []byte) (res []cmdResult, err error) {
 			if g.Value, err = r.bytes(); err != nil {
 				return nil, wrap(err)
 			}
+		}
+	}
+	if len(r.b) > 0 {
+		m, err := r.count(3)
+		if err == nil && m == 0 {
+			err = errors.New("an empty list of leases")
+		}
+		if err != nil {
+			return nil, wrap(err)
+		}
+		for range m {
+			var i, j, l uint64
+			if i, err = r.uvarint(); err == nil {
+				if j, err = r.uvarint(); err == nil {
+					l, err = r.uvarint()
+				}
+			}
+			if err != nil {
+				return nil, wrap(err)
+			}
+			if i >= uint64(len(res)) || j >= uint64(len(res[i].gets)) || res[i].gets[j].ModRev == 0 || l == 0 || l > maxLeaseN {
+				return nil, wrap(fmt.Errorf("lease %d of get %d of result %d", l, j, i))
+			}
+			res[i].gets[j].Lease = LeaseID(l)
 		}
 	}
 	if len(r.b) > 0 {

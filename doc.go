@@ -106,9 +106,10 @@
 // included. A watch is a stream of the member's own applied state: on a
 // follower it runs slightly behind the leader, as the follower applies.
 // The changes come from a change log in the data file, written in the same
-// transaction as the changes and so carried by restarts, snapshots and
-// Backups; a Watch can resume, after a restart or on another member, from
-// the last revision it saw plus one. Config.WatchHistory bounds the log (by
+// transaction as the changes and so carried by restarts and snapshots (a
+// Backup leaves it out: a Restore starts it anew); a Watch can resume,
+// after a restart or on another member, from the last revision it saw plus
+// one. Config.WatchHistory bounds the log (by
 // default the last 100000 revisions within 64 MiB); a Watch from a revision
 // older than what is kept ends at once with a *CompactedError. A watcher
 // that reads slowly never slows writes: it reads what it missed from the

@@ -32,8 +32,11 @@ func WithLease(id LeaseID) WriteOption { return WriteOption{lease: id} }
 
 // TTL gives the key a lease of its own that expires after d: the key is
 // deleted once d has passed since this write (at least d; see Grant for
-// how much later). A later write of the key ends that lease: the key then
-// lives as the later write says. d is rounded up to a whole millisecond.
+// how much later). A later write of the key ends that lease, and the key
+// then lives as the later write says; but once another key is attached to
+// the lease WithLease (Entry.Lease names it), it is a lease like any other
+// and ends only when it expires or is revoked. d is rounded up to a whole
+// millisecond.
 func TTL(d time.Duration) WriteOption { return WriteOption{isTTL: true, ttl: d} }
 
 // ErrLeaseNotFound is returned by KeepAlive and Revoke, and by a write
@@ -175,8 +178,14 @@ const (
 // leaseOwnKey flags a lease that TTL made for one key: it ends when the key
 // is deleted or written again. A write WithLease of another key makes it
 // a lease like any other (share): it then ends when it expires or is
-// revoked, and the keys attached to it go with it.
-const leaseOwnKey = 1
+// revoked, and the keys attached to it go with it. leaseExpiring flags a
+// lease whose expiry has begun (its keys take more than one expiry entry):
+// it is gone for KeepAlive and WithLease, and its next expiry entry goes on
+// whatever the time.
+const (
+	leaseOwnKey   = 1
+	leaseExpiring = 2
+)
 
 type leaseRec struct {
 	ttl, deadline uint64
@@ -279,6 +288,7 @@ func (a *applier) detach(id uint64, key string) error {
 	if err != nil || !ok || l.flags&leaseOwnKey == 0 {
 		return err
 	}
+	// Only its key is on it: a write WithLease of another key shares it.
 	return a.dropLease(id, l)
 }
 
@@ -286,7 +296,7 @@ func (a *applier) detach(id uint64, key string) error {
 func (a *applier) leasesExist(ops []Op) (bool, error) {
 	for i := range ops {
 		if id := ops[i].lease; ops[i].kind == opSet && id != 0 && ops[i].ttl == 0 {
-			if _, ok, err := getLease(a.tx, id); err != nil || !ok {
+			if l, ok, err := getLease(a.tx, id); err != nil || !ok || l.flags&leaseExpiring != 0 {
 				return false, err
 			}
 		}
@@ -315,6 +325,9 @@ func (a *applier) leaseCommand(index, now uint64, c *command) (cmdResult, error)
 	}
 	switch c.kind {
 	case cmdKeepAlive:
+		if l.flags&leaseExpiring != 0 {
+			return cmdResult{status: resNoLease, rev: index}, nil
+		}
 		if err := a.tx.Delete(expiryKey(l.deadline, c.n)); err != nil {
 			return res, err
 		}
@@ -322,12 +335,20 @@ func (a *applier) leaseCommand(index, now uint64, c *command) (cmdResult, error)
 		res.rev = l.ttl
 		return res, putLease(a.tx, c.n, l)
 	case cmdExpire:
-		if l.deadline > now {
+		if l.deadline > now && l.flags&leaseExpiring == 0 {
 			// Renewed since the leader saw it expire.
 			return cmdResult{status: resFailed, rev: index}, nil
 		}
 		done, err := a.deleteLeaseKeys(index, c.n, expireBatch)
-		if err != nil || !done {
+		if err != nil {
+			return res, err
+		}
+		if !done {
+			// Some of its keys are gone: it cannot be renewed.
+			if l.flags&leaseExpiring == 0 {
+				l.flags |= leaseExpiring
+				err = putLease(a.tx, c.n, l)
+			}
 			return res, err
 		}
 		return res, a.dropLease(c.n, l)

@@ -93,13 +93,22 @@ func TestLease_Basics(t *testing.T) {
 		if err := s.Revoke(ctx, bad); !errors.Is(err, kv.ErrLeaseNotFound) {
 			t.Errorf("Revoke(%d): %v, want ErrLeaseNotFound", bad, err)
 		}
-		// WithLease(0) is the zero WriteOption, refused as invalid.
-		if err := s.Set(ctx, "nolease", []byte("x"), kv.WithLease(bad)); !errors.Is(err, kv.ErrLeaseNotFound) && (bad != 0 || !errors.Is(err, kv.ErrInvalidTxn)) {
+		if bad == 0 {
+			continue
+		}
+		if err := s.Set(ctx, "nolease", []byte("x"), kv.WithLease(bad)); !errors.Is(err, kv.ErrLeaseNotFound) {
 			t.Errorf("Set WithLease(%d): %v, want ErrLeaseNotFound", bad, err)
 		}
 	}
 	if _, err := s.Get(ctx, "nolease"); !errors.Is(err, kv.ErrNotFound) {
 		t.Errorf("a Set naming an unknown lease wrote: %v", err)
+	}
+	// WithLease(0) attaches to no lease, as etcd's NoLease does.
+	if err := s.Set(ctx, "nolease", []byte("x"), kv.WithLease(0)); err != nil {
+		t.Errorf("Set WithLease(0): %v", err)
+	}
+	if e, err := s.GetEntry(ctx, "nolease"); err != nil || e.Lease != 0 {
+		t.Errorf("after Set WithLease(0): %+v, %v", e, err)
 	}
 	_, err = s.Txn(ctx, kv.Txn{Then: []kv.Op{kv.OpSet("tx/a", []byte("1")), kv.OpSet("tx/b", []byte("1"), kv.WithLease(id))}})
 	if !errors.Is(err, kv.ErrLeaseNotFound) {

@@ -180,7 +180,7 @@ type Config struct {
 	MaxTxnOps int
 	// WatchHistory bounds the change log that Watch reads: the changes
 	// of the most recent revisions, kept in the data file (and so in
-	// snapshots and Backups). A Watch from an older revision ends with
+	// snapshots; a Backup leaves them out). A Watch from an older revision ends with
 	// ErrCompacted. Default DefaultWatchHistory. Set the same on every
 	// member: the log is trimmed as entries are applied, and a member
 	// that catches up from a snapshot gets the leader's.

@@ -282,16 +282,24 @@ func (t *histTx) del(key string, rev uint64) {
 	t.cur = append(t.cur, Event{Type: EventDelete, Entry: Entry{Key: key, ModRev: rev}})
 }
 
+// load reads the state of the change log, once per transaction.
+func (t *histTx) load() {
+	if t.loaded {
+		return
+	}
+	t.meta, t.loaded = readHistMeta(t.tx)
+	if !t.loaded {
+		// A new data file, or one from before the change log: the log
+		// starts with this transaction, the first one on this file since
+		// (so that from, and the log's start, are the same on every
+		// member, however it batches the entries).
+		t.meta, t.loaded, t.changed = histMeta{start: t.from + 1}, true, true
+	}
+}
+
 // endEntry logs the changes of the entry at index, if any.
 func (t *histTx) endEntry(index uint64) {
-	if !t.loaded {
-		t.meta, t.loaded = readHistMeta(t.tx)
-		if !t.loaded {
-			// A new data file, or one from before the change log: the
-			// log starts with this transaction.
-			t.meta, t.loaded, t.changed = histMeta{start: t.from + 1}, true, true
-		}
-	}
+	t.load()
 	if len(t.cur) == 0 {
 		return
 	}
@@ -347,6 +355,7 @@ func (t *histTx) end() error {
 	if t.err != nil {
 		return t.err
 	}
+	t.load()
 	if !t.changed {
 		return nil
 	}
