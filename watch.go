@@ -362,7 +362,8 @@ func (t *histTx) end() error {
 	for (t.h.maxRevs > 0 && t.meta.revs > t.h.maxRevs) || (t.h.maxBytes > 0 && t.meta.bytes > t.h.maxBytes) {
 		var key []byte
 		var size int
-		if err := t.tx.Scan([]byte(sysHistPrefix), func(k, v []byte) bool {
+		// Every revision below start is gone: seek past them.
+		if err := t.tx.Scan(histKey(t.meta.start), func(k, v []byte) bool {
 			if len(k) == len(sysHistPrefix)+8 && string(k[:len(sysHistPrefix)]) == sysHistPrefix {
 				key, size = bytes.Clone(k), len(v)
 			}

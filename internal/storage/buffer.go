@@ -234,6 +234,17 @@ func (t layeredTx) Scan(from []byte, fn func(k, v []byte) bool) error {
 type writeBuf struct {
 	m     map[string]layerItem
 	bytes int
+	// sorted holds the writes in key order once a Scan has needed them,
+	// and is kept up to date from then on, so that an Update that scans
+	// often does not sort its writes again each time.
+	sorted *layer
+}
+
+func (b *writeBuf) set(k string, it layerItem) {
+	b.m[k] = it
+	if b.sorted != nil {
+		b.sorted.t.ReplaceOrInsert(it)
+	}
 }
 
 // writeLayerTx is the WriteTx of an Update: writes go to buf, reads see
@@ -254,14 +265,16 @@ func (t writeLayerTx) Scan(from []byte, fn func(k, v []byte) bool) error {
 	if len(t.buf.m) == 0 {
 		return t.layeredTx.Scan(from, fn)
 	}
-	// Rare (the state machine does not scan while it writes): the
-	// buffer as one more layer, the newest.
-	l := newLayer()
-	for _, it := range t.buf.m {
-		l.t.ReplaceOrInsert(it)
+	// The buffer as one more layer, the newest, sorted once.
+	if t.buf.sorted == nil {
+		l := newLayer()
+		for _, it := range t.buf.m {
+			l.t.ReplaceOrInsert(it)
+		}
+		t.buf.sorted = l
 	}
 	lt := t.layeredTx
-	lt.extra = l
+	lt.extra = t.buf.sorted
 	return lt.Scan(from, fn)
 }
 
@@ -272,14 +285,14 @@ func (t writeLayerTx) Put(key, value []byte) error {
 	if v == nil {
 		v = []byte{}
 	}
-	t.buf.m[k] = layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), value: v}
+	t.buf.set(k, layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), value: v})
 	t.buf.bytes += len(k) + len(v) + layerItemOverhead
 	return nil
 }
 
 func (t writeLayerTx) Delete(key []byte) error {
 	k := string(key)
-	t.buf.m[k] = layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), del: true}
+	t.buf.set(k, layerItem{key: unsafe.Slice(unsafe.StringData(k), len(k)), del: true})
 	t.buf.bytes += len(k) + layerItemOverhead
 	return nil
 }
