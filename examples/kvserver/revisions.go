@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"time"
 	"net/http"
 
 	kv "github.com/cohortkv/kv"
@@ -92,6 +93,9 @@ type txnOp struct {
 	Op    string  `json:"op"`
 	Key   *string `json:"key"`
 	Value *string `json:"value"`
+	// A set's lease, or TTL of its own, as for /api/set.
+	Lease *int64 `json:"lease"`
+	TTL   *ttl   `json:"ttl"`
 }
 
 func toOps(branch string, in []txnOp) ([]kv.Op, error) {
@@ -105,10 +109,23 @@ func toOps(branch string, in []txnOp) ([]kv.Op, error) {
 			if o.Value == nil {
 				return nil, fmt.Errorf("%s[%d]: set needs \"value\"", branch, i)
 			}
-			out = append(out, kv.OpSet(*o.Key, []byte(*o.Value)))
+			var opts []kv.WriteOption
+			switch {
+			case o.Lease != nil && o.TTL != nil:
+				return nil, fmt.Errorf("%s[%d]: give \"lease\" or \"ttl\", not both", branch, i)
+			case o.Lease != nil:
+				id, err := leaseID("lease", o.Lease)
+				if err != nil {
+					return nil, fmt.Errorf("%s[%d]: %v", branch, i, err)
+				}
+				opts = append(opts, kv.WithLease(id))
+			case o.TTL != nil:
+				opts = append(opts, kv.TTL(time.Duration(*o.TTL)))
+			}
+			out = append(out, kv.OpSet(*o.Key, []byte(*o.Value), opts...))
 		case "delete", "get":
-			if o.Value != nil {
-				return nil, fmt.Errorf("%s[%d]: %s takes no \"value\"", branch, i, o.Op)
+			if o.Value != nil || o.Lease != nil || o.TTL != nil {
+				return nil, fmt.Errorf("%s[%d]: %s takes no \"value\", \"lease\" or \"ttl\"", branch, i, o.Op)
 			}
 			if o.Op == "delete" {
 				out = append(out, kv.OpDelete(*o.Key))

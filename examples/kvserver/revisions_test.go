@@ -127,10 +127,33 @@ func TestAPI_Txn(t *testing.T) {
 		`{"if":[{"key":"a"}],"then":[]}`,
 		`{"then":[{"op":"set","value":"1"}]}`,
 		`{"then":[{"op":"set","key":"","value":"1"}]}`,
+		`{"then":[{"op":"set","key":"l","value":"1","lease":1,"ttl":"1s"}]}`,
+		`{"then":[{"op":"set","key":"l","value":"1","lease":-1}]}`,
+		`{"then":[{"op":"set","key":"l","value":"1","ttl":"0s"}]}`,
+		`{"then":[{"op":"delete","key":"l","ttl":"1s"}]}`,
 	} {
 		if code, out := txn(bad); code != 400 {
 			t.Errorf("%s: %d %v, want 400", bad, code, out)
 		}
+	}
+	// A lock as a transaction: create the key on a lease only if absent.
+	code, h, body := do(t, "POST", srv.URL+"/api/lease/grant", []byte(`{"ttl":"30s"}`))
+	grant := jsonAnswer(t, "grant", code, h, body)
+	id := int64(grant["id"].(float64))
+	code, out = txn(fmt.Sprintf(`{"if":[{"key":"lock","mod_rev":0}],"then":[{"op":"set","key":"lock","value":"me","lease":%d}],"else":[{"op":"get","key":"lock"}]}`, id))
+	if code != 200 || out["succeeded"] != true {
+		t.Fatalf("lock on a lease: %d %v", code, out)
+	}
+	if e := getEntry(t, srv.URL, "lock"); e.Lease != id {
+		t.Fatalf("the lock's key: %+v, want lease %d", e, id)
+	}
+	if code, out := txn(`{"then":[{"op":"set","key":"gone","value":"x","lease":999999}]}`); code != 404 {
+		t.Errorf("a set on an unknown lease: %d %v, want 404", code, out)
+	}
+	if code, out := txn(`{"then":[{"op":"set","key":"ttl","value":"x","ttl":"30s"}]}`); code != 200 {
+		t.Errorf("a set with a TTL: %d %v", code, out)
+	} else if e := getEntry(t, srv.URL, "ttl"); e.Lease == 0 {
+		t.Errorf("a set with a TTL has no lease: %+v", e)
 	}
 }
 
