@@ -3,8 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"time"
 	"net/http"
+	"time"
 
 	kv "github.com/cohortkv/kv"
 )
