@@ -143,7 +143,7 @@ func (a *api) status(err error) int {
 	case errors.Is(err, kv.ErrCompacted):
 		return http.StatusGone
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge),
-		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrTxnTooLarge):
+		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrInvalidTTL), errors.Is(err, kv.ErrTxnTooLarge):
 		return http.StatusBadRequest
 	case errors.Is(err, kv.ErrConflict):
 		return http.StatusConflict
