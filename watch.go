@@ -9,6 +9,7 @@ import (
 	"iter"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cohortkv/kv/internal/storage"
 )
@@ -23,6 +24,10 @@ const (
 	// EventDelete: the key was deleted, by a Delete, a Txn, or the expiry
 	// or revocation of its lease.
 	EventDelete EventType = 2
+	// EventProgress: no change, only news of the watch's progress (only
+	// WatchProgress yields it): every change under the prefix with a
+	// revision up to Entry.ModRev has been yielded.
+	EventProgress EventType = 3
 )
 
 // String returns "put" or "delete".
@@ -32,6 +37,8 @@ func (t EventType) String() string {
 		return "put"
 	case EventDelete:
 		return "delete"
+	case EventProgress:
+		return "progress"
 	}
 	return fmt.Sprintf("EventType(%d)", uint8(t))
 }
@@ -92,6 +99,27 @@ func (e *CompactedError) Unwrap() error { return ErrCompacted }
 // slowly never slows writes down: it reads what it missed from the change
 // log. Each yielded Event, its Value included, is the caller's.
 func (s *Store) Watch(ctx context.Context, prefix string, fromRev uint64) iter.Seq2[Event, error] {
+	return s.watch(ctx, prefix, fromRev, false)
+}
+
+// WatchProgress is Watch that also yields progress events (EventProgress),
+// which carry a revision in Entry.ModRev and say that every change under
+// prefix up to it has been yielded. The first comes as soon as the watch
+// has caught up with this member's applied state: a watch from an old
+// revision is synced then, as with etcd's progress notifications or the
+// end of NATS's initial values. Then one comes at most every
+// progressInterval while revisions pass, whether or not they change keys
+// under prefix, so that a watcher of a quiet prefix can resume from a
+// recent revision. Its other events, and its end, are Watch's.
+func (s *Store) WatchProgress(ctx context.Context, prefix string, fromRev uint64) iter.Seq2[Event, error] {
+	return s.watch(ctx, prefix, fromRev, true)
+}
+
+// progressInterval bounds how often WatchProgress reports progress once
+// it has caught up.
+const progressInterval = time.Second
+
+func (s *Store) watch(ctx context.Context, prefix string, fromRev uint64, progress bool) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		if err := s.usable(); err != nil {
 			yield(Event{}, err)
@@ -103,6 +131,20 @@ func (s *Store) Watch(ctx context.Context, prefix string, fromRev uint64) iter.S
 			next = h.lastRev() + 1
 		}
 		var buf []histRev
+		// Progress: the last revision reported, when, and a timer for a
+		// report held back by progressInterval.
+		var (
+			reported   uint64
+			synced     bool
+			lastReport time.Time
+			due        *time.Timer
+			dueC       <-chan time.Time
+		)
+		defer func() {
+			if due != nil {
+				due.Stop()
+			}
+		}()
 		for {
 			wake := s.fsm.appliedChan()
 			var err error
@@ -136,7 +178,27 @@ func (s *Store) Watch(ctx context.Context, prefix string, fromRev uint64) iter.S
 				}
 				continue
 			}
+			// Caught up: every change up to next-1 has been yielded.
+			if progress && (!synced || min(next-1, h.lastRev()) > reported) {
+				if wait := progressInterval - time.Since(lastReport); synced && wait > 0 {
+					if dueC == nil {
+						due = time.NewTimer(wait)
+						dueC = due.C
+					}
+				} else {
+					// A watch from a revision not applied yet has seen
+					// everything up to the last applied one.
+					rev := min(next-1, h.lastRev())
+					synced, reported, lastReport = true, max(rev, reported), time.Now()
+					if !yield(Event{Type: EventProgress, Entry: Entry{ModRev: rev}}, nil) {
+						return
+					}
+				}
+			}
 			select {
+			case <-dueC:
+				dueC = nil
+				continue
 			case <-wake:
 			case <-ctx.Done():
 				yield(Event{}, watchCtxErr(ctx))
