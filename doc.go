@@ -114,6 +114,10 @@
 // older than what is kept ends at once with a *CompactedError. A watcher
 // that reads slowly never slows writes: it reads what it missed from the
 // log, and ends with ErrCompacted if it falls behind what is kept.
+// WatchProgress also yields progress events: the first once the watch has
+// caught up with the member's applied state, then at most one a second
+// while revisions pass, so that a watcher knows when it is synced and can
+// resume a quiet prefix from a recent revision.
 //
 // # Leases
 //

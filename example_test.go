@@ -641,3 +641,96 @@ func ExampleStore_Txn() {
 	// acct/alice = 70 (version 2)
 	// acct/bob = 30 (version 2)
 }
+
+// List a prefix, then follow it: Watch from the revision the list reflects
+// plus one misses and repeats nothing.
+func ExampleStore_Watch() {
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := s.Set(ctx, "config/a", []byte("1")); err != nil {
+		fmt.Println(err)
+		return
+	}
+	entries, rev, err := s.ListEntries(ctx, "config/")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, e := range entries {
+		fmt.Printf("listed %s=%s\n", e.Key, e.Value)
+	}
+	go func() {
+		s.Set(ctx, "config/b", []byte("2"))
+		s.Set(ctx, "other", []byte("not under config/"))
+		s.Delete(ctx, "config/a")
+	}()
+	n := 0
+	for ev, err := range s.Watch(ctx, "config/", rev+1) {
+		if err != nil {
+			fmt.Println(err) // ctx ended, Close, or kv.ErrCompacted: list again
+			return
+		}
+		fmt.Printf("%s %s %s\n", ev.Type, ev.Entry.Key, ev.Entry.Value)
+		if n++; n == 2 {
+			break
+		}
+	}
+	// Output:
+	// listed config/a=1
+	// put config/b 2
+	// delete config/a
+}
+
+// A key with a TTL of its own goes once the TTL has passed; keys attached
+// to a granted lease go together when it expires or is revoked.
+func ExampleStore_Grant() {
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	id, err := s.Grant(ctx, 30*time.Second)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, k := range []string{"live/a", "live/b"} {
+		if err := s.Set(ctx, k, []byte("up"), kv.WithLease(id)); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	if _, err := s.KeepAlive(ctx, id); err != nil { // renew well within the TTL
+		fmt.Println(err)
+		return
+	}
+	if err := s.Revoke(ctx, id); err != nil { // or let it expire
+		fmt.Println(err)
+		return
+	}
+	pairs, _ := s.List(ctx, "live/")
+	fmt.Println(len(pairs), "keys left")
+	if _, err := s.KeepAlive(ctx, id); errors.Is(err, kv.ErrLeaseNotFound) {
+		fmt.Println("lease gone")
+	}
+	// Output:
+	// 0 keys left
+	// lease gone
+}
