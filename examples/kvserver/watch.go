@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -114,14 +113,15 @@ func (a *api) watch(w http.ResponseWriter, r *http.Request) {
 		wg.Wait()
 	}()
 	// The store's watch runs on its own goroutine, so that heartbeats go
-	// out while it waits for changes. It watches every key: the revisions
-	// of changes outside the prefix move the progress line on, so that a
-	// client of a quiet prefix can resume from a recent revision.
+	// out while it waits for changes. Its progress events (every change
+	// up to a revision has been yielded, also as revisions pass outside
+	// the prefix) move the progress line on, so that a client of a quiet
+	// prefix can resume from a recent revision.
 	items := make(chan watchItem, watchQueue)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for ev, err := range a.store.Watch(ctx, "", from) {
+		for ev, err := range a.store.WatchProgress(ctx, prefix, from) {
 			select {
 			case items <- watchItem{ev, err}:
 			case <-ctx.Done():
@@ -151,19 +151,10 @@ func (a *api) watch(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no") // nginx: pass lines on as they come
 	w.WriteHeader(http.StatusOK)
 
-	// cur is the revision of the last event seen (of any key), n the
-	// events of it seen so far: every revision before cur is complete.
-	var cur, n uint64
-	progress := func() uint64 {
-		if cur == 0 {
-			return from - 1
-		}
-		if a.revisionSeen(cur, n) {
-			return cur
-		}
-		return cur - 1
-	}
-	if !send(watchProgress{"progress", from - 1}) || !flush() {
+	// done is the revision up to which every change has been sent, as
+	// the store's last progress event said.
+	done := from - 1
+	if !send(watchProgress{"progress", done}) || !flush() {
 		return
 	}
 	heartbeat := time.NewTicker(a.heartbeat)
@@ -182,11 +173,9 @@ func (a *api) watch(w http.ResponseWriter, r *http.Request) {
 					}
 					return
 				}
-				if rev := it.ev.Entry.ModRev; rev != cur {
-					cur, n = rev, 0
-				}
-				n++
-				if strings.HasPrefix(it.ev.Entry.Key, prefix) && !send(toWatchEvent(it.ev)) {
+				if it.ev.Type == kv.EventProgress {
+					done = max(done, it.ev.Entry.ModRev)
+				} else if !send(toWatchEvent(it.ev)) {
 					return
 				}
 				select {
@@ -199,7 +188,7 @@ func (a *api) watch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-heartbeat.C:
-			if !send(watchProgress{"progress", progress()}) || !flush() {
+			if !send(watchProgress{"progress", done}) || !flush() {
 				return
 			}
 		case <-a.stopping:
@@ -235,21 +224,6 @@ func (a *api) watchable(prefix string, from uint64) error {
 		return err // nil after an event
 	}
 	return nil
-}
-
-// revisionSeen says whether revision rev has exactly n changes (of any
-// key): then a stream that has seen n of them has seen it whole.
-func (a *api) revisionSeen(rev, n uint64) bool {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var got uint64
-	for ev, err := range a.store.Watch(ctx, "", rev) {
-		if err != nil || ev.Entry.ModRev != rev {
-			break
-		}
-		got++
-	}
-	return got == n
 }
 
 // stopWatches ends every watch stream, each with an error line: run calls
