@@ -4,10 +4,11 @@
 // A Session is a lease that a goroutine keeps alive (NewSession, Close). A
 // Mutex and an Election write one key per Session under their prefix
 // (the prefix, a slash, the lease ID in hex), attached to the Session's
-// lease, and serve the keys in the order they were created (CreateRev):
-// the oldest key holds the lock, or leads. Each waiter watches the key
-// created just before its own, so a release wakes one waiter, and waiters
-// acquire in the order they queued. When a process crashes or is cut off,
+// lease, and serve the keys in the order they were created (CreateRev,
+// then the key's name for keys created at one revision): the first key
+// holds the lock, or leads. Each waiter watches the key just before its
+// own, so a release wakes one waiter, and waiters acquire in the order
+// they queued. When a process crashes or is cut off,
 // its lease expires after the Session's TTL and its keys are deleted
 // through Raft, which hands the lock to the next waiter.
 //
@@ -21,10 +22,11 @@
 // races with the new holder.
 //
 // The fencing token is what makes such a stale holder harmless. Mutex.Rev
-// is the revision at which the holder's key was created: it grows with
-// each new holder. Mutex.IsOwner is a Txn condition that holds only while
-// that key still exists as this holder created it, so a write that
-// matters must be guarded by it:
+// is the revision at which the holder claimed the lock (its key's ModRev,
+// written again when its turn came): it strictly grows with each new
+// holder. Mutex.IsOwner is a Txn condition that holds only while that key
+// is still as this holder claimed it, so a write that matters must be
+// guarded by it:
 //
 //	res, err := s.Txn(ctx, kv.Txn{
 //		If:   []kv.Cond{m.IsOwner()},

@@ -23,7 +23,7 @@ type Election struct {
 
 	mu     sync.Mutex
 	leader bool
-	rev    uint64 // the key's CreateRev, while leader
+	rev    uint64 // the key's ModRev as Campaign claimed it, while leader
 	modRev uint64 // the key's ModRev, while leader
 }
 
@@ -78,8 +78,13 @@ func (e *Election) Campaign(ctx context.Context, value string) error {
 		dequeue(ctx, e.sess, e.key, ent.ModRev)
 		return err
 	}
+	led, err := claim(ctx, e.sess, e.key, ent.ModRev, []byte(value))
+	if err != nil {
+		dequeue(ctx, e.sess, e.key, ent.ModRev)
+		return err
+	}
 	e.mu.Lock()
-	e.leader, e.rev, e.modRev = true, ent.CreateRev, ent.ModRev
+	e.leader, e.rev, e.modRev = true, led.ModRev, led.ModRev
 	e.mu.Unlock()
 	return nil
 }
@@ -154,7 +159,7 @@ func (e *Election) leaderEntry(ctx context.Context) (kv.Entry, uint64, error) {
 	}
 	var l kv.Entry
 	for _, ent := range entries {
-		if l.Key == "" || ent.CreateRev < l.CreateRev {
+		if l.Key == "" || before(ent, l) {
 			l = ent
 		}
 	}
@@ -164,8 +169,10 @@ func (e *Election) leaderEntry(ctx context.Context) (kv.Entry, uint64, error) {
 	return l, rev, nil
 }
 
-// Rev returns the revision at which this leader's key was created, while
-// it leads; 0 otherwise. Like Mutex.Rev it serves as a fencing token.
+// Rev returns the revision at which this leader claimed the leadership
+// (Campaign writes its key once more when its turn comes), while it leads;
+// 0 otherwise. Like Mutex.Rev it serves as a fencing token: successive
+// leaders' revisions strictly grow.
 func (e *Election) Rev() uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -23,7 +23,7 @@ type Mutex struct {
 
 	mu     sync.Mutex
 	held   bool
-	rev    uint64 // the key's CreateRev, while held
+	rev    uint64 // the fencing token (the key's ModRev as Lock claimed it), while held
 	modRev uint64 // the key's ModRev, while held
 }
 
@@ -76,8 +76,13 @@ func (m *Mutex) lock(ctx context.Context, try bool) error {
 		dequeue(ctx, m.sess, m.key, e.ModRev)
 		return err
 	}
+	held, err := claim(ctx, m.sess, m.key, e.ModRev, nil)
+	if err != nil {
+		dequeue(ctx, m.sess, m.key, e.ModRev)
+		return err
+	}
 	m.mu.Lock()
-	m.held, m.rev, m.modRev = true, e.CreateRev, e.ModRev
+	m.held, m.rev, m.modRev = true, held.ModRev, held.ModRev
 	m.mu.Unlock()
 	return nil
 }
@@ -107,8 +112,10 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 }
 
 // Rev returns the fencing token of the lock: the revision at which this
-// holder's key was created, while Lock has succeeded and Unlock has not
-// been called; 0 otherwise. Tokens of successive holders only grow, so a
+// holder claimed it (Lock writes the holder's key once more when its turn
+// comes, so that the token is a revision of its own), while Lock has
+// succeeded and Unlock has not been called; 0 otherwise. Tokens of
+// successive holders strictly grow, so a
 // resource that remembers the highest token it has seen can refuse a
 // stale holder that does not write through this Store.
 func (m *Mutex) Rev() uint64 {

@@ -308,3 +308,66 @@ func TestMutex_FencingAcrossPartition(t *testing.T) {
 		t.Errorf("resource = %q (%v), want the new holder's B", v, err)
 	}
 }
+
+// Waiters whose keys were created in one Raft entry share a CreateRev (the
+// leader group-commits concurrent writes): they are still served one at a
+// time, in the order of their keys' names, and each holder's fencing token
+// is a revision of its own, above the last holder's.
+func TestMutex_KeysOfOneRevisionTakeTurns(t *testing.T) {
+	c := newCluster(t)
+	s := c.Node(0)
+	ctx := ctxT(t, 30*time.Second)
+	const n = 3
+	var ms []*Mutex
+	var ops []kv.Op
+	for i := 0; i < n; i++ {
+		sess := newSession(t, s)
+		m := NewMutex(sess, "same")
+		ms = append(ms, m)
+		ops = append(ops, kv.OpSet(m.Key(), nil, kv.WithLease(sess.Lease())))
+	}
+	// The waiters' keys, created at one revision as group commit would.
+	if _, err := s.Txn(ctx, kv.Txn{Then: ops}); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		holders int
+		overlap int
+		tokens  []uint64
+		wg      sync.WaitGroup
+	)
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.Lock(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			holders++
+			if holders > 1 {
+				overlap++
+			}
+			tokens = append(tokens, m.Rev())
+			mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+			mu.Lock()
+			holders--
+			mu.Unlock()
+			if err := m.Unlock(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if overlap > 0 {
+		t.Errorf("%d times a holder took the lock while another held it", overlap)
+	}
+	for i := 1; i < len(tokens); i++ {
+		if tokens[i] <= tokens[i-1] {
+			t.Errorf("fencing tokens %v: not strictly growing", tokens)
+		}
+	}
+}

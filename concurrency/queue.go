@@ -11,8 +11,16 @@ import (
 
 // A queue is what Mutex and Election share: under a prefix, one key per
 // session (the prefix, a slash and the lease ID in hex), attached to the
-// session's lease. The keys are served in the order of their CreateRev:
-// the oldest key holds the lock, or leads.
+// session's lease. The keys are served in the order of their CreateRev,
+// then of their names (keys created in one Raft entry share a revision):
+// the first holds the lock, or leads. The holder then writes its key once
+// more (claim), so that its ModRev, the fencing token, is a revision of
+// its own, above every earlier holder's.
+
+// before says whether queue key a is served before b.
+func before(a, b kv.Entry) bool {
+	return a.CreateRev < b.CreateRev || a.CreateRev == b.CreateRev && a.Key < b.Key
+}
 
 // keyOf returns the queue key of sess under prefix.
 func keyOf(prefix string, sess *Session) string {
@@ -56,18 +64,19 @@ func waitTurn(ctx context.Context, sess *Session, prefix, key string, rev uint64
 		if err != nil {
 			return waitErr(ctx, sess, err)
 		}
-		var pred kv.Entry
-		mine := false
+		var pred, me kv.Entry
 		for _, e := range entries {
-			switch {
-			case e.Key == key:
-				mine = e.CreateRev == rev
-			case e.CreateRev < rev && e.CreateRev > pred.CreateRev:
-				pred = e
+			if e.Key == key {
+				me = e
 			}
 		}
-		if !mine {
+		if me.Key == "" || me.CreateRev != rev {
 			return ErrSessionLost
+		}
+		for _, e := range entries {
+			if e.Key != key && before(e, me) && (pred.Key == "" || before(pred, e)) {
+				pred = e
+			}
 		}
 		if pred.Key == "" {
 			return nil
@@ -79,6 +88,28 @@ func waitTurn(ctx context.Context, sess *Session, prefix, key string, rev uint64
 			return waitErr(ctx, sess, err)
 		}
 	}
+}
+
+// claim writes the key of a session that has reached the head of the
+// queue again, if it is still at modRev, and returns its new entry: its
+// ModRev is the holder's fencing token, a revision no earlier holder's
+// token reaches (their keys were deleted before this write).
+func claim(ctx context.Context, sess *Session, key string, modRev uint64, value []byte) (kv.Entry, error) {
+	res, err := sess.store.Txn(ctx, kv.Txn{
+		If:   []kv.Cond{kv.ModRevIs(key, modRev)},
+		Then: []kv.Op{kv.OpSet(key, value, kv.WithLease(sess.Lease())), kv.OpGet(key)},
+	})
+	if err != nil {
+		if errors.Is(err, kv.ErrLeaseNotFound) {
+			return kv.Entry{}, ErrSessionLost
+		}
+		return kv.Entry{}, waitErr(ctx, sess, err)
+	}
+	if !res.Succeeded || len(res.Gets) != 1 || res.Gets[0].ModRev == 0 {
+		// Only the lease's end changes the key under us.
+		return kv.Entry{}, ErrSessionLost
+	}
+	return res.Gets[0], nil
 }
 
 // waitDelete waits until key is deleted at a revision >= from.
