@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -420,32 +421,45 @@ func (s *Store) expireLoop() {
 		if time.Since(since) < s.cfg.ElectionTimeout || s.readyTerm.Load() != term {
 			continue
 		}
-		ids, err := s.expiredLeases(leaderTime(), 256)
-		if err != nil {
-			s.logger.Warn("cannot read lease deadlines", "error", err)
-			continue
+		// While expiries go through and more are due (a lease of many
+		// keys takes several), go on without waiting for the next tick,
+		// for at most a second.
+		for start := time.Now(); time.Since(start) < time.Second && !s.isClosed(); {
+			ids, err := s.expiredLeases(leaderTime(), 256)
+			if err != nil {
+				s.logger.Warn("cannot read lease deadlines", "error", err)
+				break
+			}
+			if len(ids) == 0 || s.expire(ids) == 0 {
+				break
+			}
 		}
-		s.expire(ids)
 	}
 }
 
 // expire proposes the expiry of leases ids, all at once (the write
 // pipeline packs them into few entries), and waits for the answers.
-func (s *Store) expire(ids []uint64) {
+// It returns how many expiries were applied.
+func (s *Store) expire(ids []uint64) int {
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
+	var applied atomic.Int64
 	for _, id := range ids {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.leaseCmd(ctx, cmdExpire, id)
-			if err != nil && !errors.Is(err, ErrLeaseNotFound) && !s.isClosed() {
+			res, err := s.leaseCmd(ctx, cmdExpire, id)
+			switch {
+			case err == nil && res.status == resOK:
+				applied.Add(1)
+			case err != nil && !errors.Is(err, ErrLeaseNotFound) && !s.isClosed():
 				s.logger.Debug("lease expiry not applied yet", "lease", id, "error", err)
 			}
 		}()
 	}
 	wg.Wait()
+	return int(applied.Load())
 }
 
 // leaseExists says whether lease id is in this member's applied state
