@@ -235,15 +235,20 @@ func TestMutex_KilledHolderLosesLock(t *testing.T) {
 // the partition, and one it sends after the heal, both guarded by IsOwner,
 // do not succeed: never do both holders' guarded writes.
 func TestMutex_FencingAcrossPartition(t *testing.T) {
+	t.Run("holder on a follower", func(t *testing.T) { fencingAcrossPartition(t, false) })
+	t.Run("holder on the leader", func(t *testing.T) { fencingAcrossPartition(t, true) })
+}
+
+func fencingAcrossPartition(t *testing.T, onLeader bool) {
 	c := newCluster(t)
 	ctx := ctxT(t, 50*time.Second)
-	// The holder is on a follower, and the waiter on the other follower.
-	// (Cutting off the leader instead stalls the writes of the members
-	// that were forwarding to it for the transport's 10 s frame timeout,
-	// which loses their sessions too: see
-	// TestForward_IsolatedLeaderDoesNotStallFollowerWrites in package kv.)
+	// The holder's member is cut off: a follower, or the leader itself
+	// (the others elect a new one, which expires the holder's lease).
 	l := c.Leader()
 	a, b := (l+1)%c.N(), (l+2)%c.N()
+	if onLeader {
+		a, b = l, (l+1)%c.N()
+	}
 	sessA := newSession(t, c.Node(a))
 	ma := NewMutex(sessA, "locks/fence")
 	if err := ma.Lock(ctx); err != nil {
