@@ -395,29 +395,49 @@ func (a *applier) deleteLeaseKeys(index, id uint64, max int) (bool, error) {
 // expiryTick is how often a leader looks for leases past their deadline.
 const expiryTick = 100 * time.Millisecond
 
+// stallGap is how long the expiry loop may go without running before it
+// counts as stalled (its process paused, its machine starved).
+const stallGap = time.Second
+
+// expirySince returns when a leader's wait of an ElectionTimeout before it
+// expires anything starts: at since, unless the leader is new (newTerm) or
+// its loop, which last ran at last, has stalled: then now.
+func expirySince(since, last, now time.Time, newTerm bool) time.Time {
+	if newTerm || (!last.IsZero() && now.Sub(last) > stallGap) {
+		return now
+	}
+	return since
+}
+
 // expireLoop runs on every member for the life of the Store; it acts while
 // this member leads: once it has led for an ElectionTimeout, it proposes the
 // expiry of every lease whose deadline has passed on its clock. The state
 // machine checks the deadline again against the time the entry carries, so
-// a renewal that wins the race keeps the lease.
+// a renewal that wins the race keeps the lease. A leader whose loop stalled
+// (its process paused, say: no renewal could commit meanwhile) waits an
+// ElectionTimeout again, as a new leader does, so that the renewals the
+// stall held up land before it expires anything.
 func (s *Store) expireLoop() {
 	t := time.NewTicker(expiryTick)
 	defer t.Stop()
 	var term uint64
-	var since time.Time
+	var since, ran time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := time.Now()
+		last := ran
+		ran = now
 		if s.raft.State() != raft.Leader {
 			term = 0
 			continue
 		}
-		if cur := s.raft.CurrentTerm(); cur != term {
-			term, since = cur, time.Now()
-		}
+		cur := s.raft.CurrentTerm()
+		since = expirySince(since, last, now, cur != term)
+		term = cur
 		if time.Since(since) < s.cfg.ElectionTimeout || s.readyTerm.Load() != term {
 			continue
 		}
@@ -434,6 +454,7 @@ func (s *Store) expireLoop() {
 				break
 			}
 		}
+		ran = time.Now()
 	}
 }
 

@@ -607,3 +607,21 @@ func TestLeaseFSM_ManyLeases(t *testing.T) {
 	}
 	checkLeaseState(t, eng, leaseState{}, "every lease expired")
 }
+
+// A leader waits an ElectionTimeout before it expires anything when it is
+// new, and again when its expiry loop stalled (a paused process): the
+// renewals the stall held up land first.
+func TestExpirySince_NewLeaderAndStall(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	if got := expirySince(time.Time{}, time.Time{}, t0, true); !got.Equal(t0) {
+		t.Errorf("new leader: %v, want %v", got, t0)
+	}
+	steady := t0.Add(time.Second)
+	if got := expirySince(t0, steady.Add(-expiryTick), steady, false); !got.Equal(t0) {
+		t.Errorf("steady ticks: the wait restarted at %v", got)
+	}
+	resumed := steady.Add(3 * time.Second)
+	if got := expirySince(t0, steady, resumed, false); !got.Equal(resumed) {
+		t.Errorf("after a stall of 3 s: %v, want the wait to start again at %v", got, resumed)
+	}
+}
