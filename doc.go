@@ -130,7 +130,8 @@
 // deadlines, and the leader proposes the expiry of a lease whose deadline
 // has passed; the state machine checks it against the time the expiry
 // entry carries, so a renewal that got there first wins. A new leader waits
-// one ElectionTimeout before it expires anything. A key lives at least its
+// one ElectionTimeout before it expires anything, and so does a leader
+// that was paused (its process stopped for a second or more). A key lives at least its
 // TTL, provided the members' clocks agree; it goes about 100 ms plus a
 // commit after its deadline, plus the election and an ElectionTimeout when
 // the leader changes. A write of the key without the lease detaches it, so

@@ -67,7 +67,8 @@ const (
 // member's apply reads a clock. A lease thus lives at least its TTL, as
 // long as the members' clocks agree (keep them synchronized, as for any
 // lease-based system); a new leader waits out an election timeout before
-// it expires anything. It is expired at most about 100 ms plus a commit
+// it expires anything, and so does a leader that was paused for a second
+// or more, so that the renewals the pause held up land first. It is expired at most about 100 ms plus a commit
 // after its deadline while a leader is in office; when the leader changes,
 // add the election and one ElectionTimeout.
 //
