@@ -363,14 +363,20 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{recVersion})
 	f.Add([]byte{9, 0, 0, 0, 0, 0, 0, 0, 1})
+	f.Add(encodeLeased(nil, 1, 2, 2, 7, []byte("leased")))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord(b)
 		if err != nil {
 			return
 		}
 		again := encodeRecord(nil, r.create, r.mod, r.version, r.value)
-		if b[0] == recVersion1 {
+		switch b[0] {
+		case recVersion1:
 			again = record1(r.create, r.mod, string(r.value))
+		case recVersion3:
+			// Written only with a lease, but read as it says without.
+			again = encodeLeased(nil, r.create, r.mod, r.version, max(r.lease, 1), r.value)
+			binary.BigEndian.PutUint64(again[25:], r.lease)
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("record %x decodes to %+v, which encodes to %x", b, r, again)
