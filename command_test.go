@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
+
+	"github.com/cohortkv/kv/internal/storage"
 )
 
 // encodeEntry1 encodes ops as versions before revisions wrote them.
@@ -380,6 +382,29 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("record %x decodes to %+v, which encodes to %x", b, r, again)
+		}
+	})
+}
+
+// FuzzDecodeChanges: the changes of a revision read back from the change
+// log in the data file decode to puts and deletes of non-empty keys, or
+// are refused as damage; they never panic.
+func FuzzDecodeChanges(f *testing.F) {
+	f.Add([]byte{1, byte(EventPut), 1, 'k', 5, 1, 0, 1, 'v'})
+	f.Add([]byte{2, byte(EventDelete), 1, 'a', byte(EventPut), 1, 'b', 3, 2, 7, 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs, err := decodeChanges(9, b)
+		if err != nil {
+			if !errors.Is(err, storage.ErrCorruptData) {
+				t.Fatalf("decodeChanges(%x): %v, not ErrCorruptData", b, err)
+			}
+			return
+		}
+		for _, ev := range evs {
+			if ev.Type != EventPut && ev.Type != EventDelete || ev.Entry.ModRev != 9 {
+				t.Fatalf("decodeChanges(%x): %+v", b, ev)
+			}
 		}
 	})
 }
