@@ -76,8 +76,9 @@ func TestBolt_StalledSnapshotReader_DoesNotBlockCommitsOrReads(t *testing.T) {
 	w := &gatedWriter{release: release, entered: make(chan struct{})}
 	streamed := make(chan error, 1)
 	go func() {
-		defer snap.Release()
-		streamed <- WriteSnapshot(w, snap.AppliedIndex(), snap)
+		err := WriteSnapshot(w, snap.AppliedIndex(), snap)
+		snap.Release() // before the answer: the test then looks for its copy
+		streamed <- err
 	}()
 	select {
 	case <-w.entered:
