@@ -415,6 +415,18 @@ func TestLease_NewLeaderWaitsElectionTimeout(t *testing.T) {
 				}
 			}
 		}
+		// The new leader may not have applied the write yet: the old
+		// leader was cut off before it told the others the entry was
+		// committed, and the new one commits it with its first entry.
+		// Absent before that is not expired.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, err := kc.Node(newLeader).Get(ctx, key, kv.Stale()); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the new leader never applied the write of %s", round, key)
+			}
+		}
 		// The leader's own applied state, read at once: a linearizable
 		// read may wait on the leader's first commit and see the delete
 		// late.
