@@ -33,6 +33,7 @@ import (
 //	  cmdGrant, cmdKeepAlive, cmdRevoke, cmdExpire:
 //	    uvarint session, seq  as for cmdTxn
 //	    uvarint n             the TTL in ms (cmdGrant), else the lease ID
+//	    uvarint term          cmdExpire only: the deciding leader's term
 //	cond: byte kind, key, then by kind: uvarint (revision, version), bytes
 //	      (value) or nothing (exists)
 //	op:   byte kind, key, then for a set: bytes (value), and for
@@ -115,6 +116,7 @@ type command struct {
 	floor uint64
 	nonce uint64 // cmdRegister
 	n     uint64 // a lease command's TTL in ms (cmdGrant) or lease ID
+	term  uint64 // cmdExpire: the term of the leader that decided it (0: any)
 
 	conds []Cond
 	then  []Op
@@ -219,6 +221,9 @@ func encodeEntry(time uint64, groups ...[]command) []byte {
 			}
 			if isLeaseCmd(c.kind) {
 				b = binary.AppendUvarint(b, c.n)
+				if c.kind == cmdExpire {
+					b = binary.AppendUvarint(b, c.term)
+				}
 				continue
 			}
 			b = binary.AppendUvarint(b, uint64(len(c.conds)))
@@ -473,6 +478,11 @@ func (r *reader) entry() (d decoded, err error) {
 			}
 			if c.n == 0 || c.n > maxLeaseN {
 				return d, fmt.Errorf("%w: lease command of %d", errMalformed, c.n)
+			}
+			if c.kind == cmdExpire {
+				if c.term, err = r.uvarint(); err != nil {
+					return d, wrap("expiry term", err)
+				}
 			}
 			continue
 		}

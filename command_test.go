@@ -29,7 +29,7 @@ func encodeEntry1(t testing.TB, ops ...Op) []byte {
 
 // sameCommand says how a and b differ, or "" when they do not.
 func sameCommand(a, b *command) string {
-	if a.kind != b.kind || a.seq != b.seq || a.nonce != b.nonce || a.n != b.n || a.seq != 0 && a.sess != b.sess {
+	if a.kind != b.kind || a.seq != b.seq || a.nonce != b.nonce || a.n != b.n || a.term != b.term || a.seq != 0 && a.sess != b.sess {
 		return fmt.Sprintf("kind/session/seq/nonce/n %d %x %d %d %d, want %d %x %d %d %d", a.kind, a.sess, a.seq, a.nonce, a.n, b.kind, b.sess, b.seq, b.nonce, b.n)
 	}
 	if len(a.conds) != len(b.conds) || len(a.then) != len(b.then) || len(a.els) != len(b.els) {
@@ -208,7 +208,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		{{kind: cmdTxn, sess: s1, seq: 4, floor: 2, conds: []Cond{ModRevIs("a", 3), ValueIs("b", nil), Exists("c"), VersionIs("d", 1)}, then: []Op{OpSet("a", []byte("1")), OpDelete("b")}, els: []Op{OpGet("a")}}},
 		{{kind: cmdRegister, nonce: 7}, {kind: cmdTxn, then: []Op{OpDelete("x")}}},
 		// Format 3: lease commands and operations.
-		{{kind: cmdGrant, n: 5000}, {kind: cmdKeepAlive, sess: s1, seq: 5, floor: 2, n: 3}, {kind: cmdRevoke, n: 1 << 40}, {kind: cmdExpire, n: 1}},
+		{{kind: cmdGrant, n: 5000}, {kind: cmdKeepAlive, sess: s1, seq: 5, floor: 2, n: 3}, {kind: cmdRevoke, n: 1 << 40}, {kind: cmdExpire, n: 1}, {kind: cmdExpire, n: 2, term: 7}},
 		{{kind: cmdTxn, then: []Op{{kind: opSet, key: "l", value: []byte("v"), lease: 7}, {kind: opSet, key: "t", value: nil, ttl: 250}}, els: []Op{{kind: opSet, key: "e", lease: 1}}}},
 	} {
 		b := encodeEntry(9, g)

@@ -180,6 +180,7 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 				resp[i] = err
 				continue
 			}
+			a.term = l.Term
 			res, err := a.entry(l.Index, &d)
 			if err != nil {
 				return err
@@ -254,6 +255,7 @@ type applier struct {
 	tx       storage.WriteTx
 	sessions sessionTable
 	hist     *histTx // the changes of the transaction, for the change log
+	term     uint64  // the term of the entry being applied
 	buf      []byte  // Put copies: one buffer serves every record
 }
 

@@ -123,11 +123,16 @@ func ttlMillis(ttl time.Duration) (uint64, error) {
 
 // leaseCmd writes one lease command and returns its result.
 func (s *Store) leaseCmd(ctx context.Context, kind uint8, n uint64) (cmdResult, error) {
+	return s.leaseCmdIn(ctx, kind, n, 0)
+}
+
+// leaseCmdIn is leaseCmd for an expiry decided by the leader of term.
+func (s *Store) leaseCmdIn(ctx context.Context, kind uint8, n, term uint64) (cmdResult, error) {
 	if err := s.usable(); err != nil {
 		return cmdResult{}, err
 	}
 	w := &pendingWrite{}
-	w.one[0] = command{kind: kind, n: n}
+	w.one[0] = command{kind: kind, n: n, term: term}
 	w.cmds = w.one[:]
 	w.size, w.nops = w.one[0].size(), 1
 	res, err := s.writeCmd(ctx, w)
@@ -337,6 +342,12 @@ func (a *applier) leaseCommand(index, now uint64, c *command) (cmdResult, error)
 		res.rev = l.ttl
 		return res, putLease(a.tx, c.n, l)
 	case cmdExpire:
+		if c.term != 0 && c.term != a.term {
+			// Decided by a leader of another term, and carried to this
+			// one's log (a write retried across a leader change): only
+			// the leader that decided it may expire, after its wait.
+			return cmdResult{status: resFailed, rev: index}, nil
+		}
 		if l.deadline > now && l.flags&leaseExpiring == 0 {
 			// Renewed since the leader saw it expire.
 			return cmdResult{status: resFailed, rev: index}, nil
@@ -451,7 +462,7 @@ func (s *Store) expireLoop() {
 				s.logger.Warn("cannot read lease deadlines", "error", err)
 				break
 			}
-			if len(ids) == 0 || s.expire(ids) == 0 {
+			if len(ids) == 0 || s.expire(ids, term) == 0 {
 				break
 			}
 		}
@@ -462,7 +473,7 @@ func (s *Store) expireLoop() {
 // expire proposes the expiry of leases ids, all at once (the write
 // pipeline packs them into few entries), and waits for the answers.
 // It returns how many expiries were applied.
-func (s *Store) expire(ids []uint64) int {
+func (s *Store) expire(ids []uint64, term uint64) int {
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -471,7 +482,7 @@ func (s *Store) expire(ids []uint64) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := s.leaseCmd(ctx, cmdExpire, id)
+			res, err := s.leaseCmdIn(ctx, cmdExpire, id, term)
 			switch {
 			case err == nil && res.status == resOK:
 				applied.Add(1)

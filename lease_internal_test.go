@@ -625,3 +625,32 @@ func TestExpirySince_NewLeaderAndStall(t *testing.T) {
 		t.Errorf("after a stall of 3 s: %v, want the wait to start again at %v", got, resumed)
 	}
 }
+
+// An expiry carries the term of the leader that decided it: carried into
+// another term's log (retried across a leader change), it expires nothing;
+// the new leader decides again, after its own wait.
+func TestLeaseFSM_ExpiryOfAnotherTermRefused(t *testing.T) {
+	forEachFSMEngine(t, func(t *testing.T, open func(t *testing.T) storage.Engine) {
+		f := newTestFSM(t, open(t))
+		now := uint64(1_000_000)
+		f.ApplyBatch([]*raft.Log{opsLog(1, now, OpSet("k", []byte("v"), TTL(time.Second)))})
+		k, _ := fsmEntry(t, f.eng, "k")
+		expire := func(index, entryTerm, decidedIn uint64) uint8 {
+			l := &raft.Log{Index: index, Term: entryTerm, Type: raft.LogCommand,
+				Data: encodeEntry(now+5000, []command{{kind: cmdExpire, n: uint64(k.Lease), term: decidedIn}})}
+			return results(t, f, l)[0].status
+		}
+		if st := expire(2, 3, 2); st != resFailed {
+			t.Fatalf("an expiry decided in term 2, in an entry of term 3: status %d, want refused", st)
+		}
+		if _, ok := fsmEntry(t, f.eng, "k"); !ok {
+			t.Fatal("the refused expiry deleted the key")
+		}
+		if st := expire(3, 3, 3); st != resOK {
+			t.Fatalf("an expiry of its own term: status %d, want applied", st)
+		}
+		if _, ok := fsmEntry(t, f.eng, "k"); ok {
+			t.Fatal("the key survived its expiry")
+		}
+	})
+}
