@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -380,7 +381,7 @@ func (a *applier) deleteLeaseKeys(index, id uint64, max int) (bool, error) {
 	var keys []string
 	more := false
 	err := a.tx.Scan(prefix, func(k, _ []byte) bool {
-		if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) {
+		if !bytes.HasPrefix(k, prefix) {
 			return false
 		}
 		if max >= 0 && len(keys) == max {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"iter"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -159,7 +160,7 @@ func (s *Store) watch(ctx context.Context, prefix string, fromRev uint64, progre
 			}
 			for _, r := range buf {
 				for _, ev := range r.events {
-					if !hasPrefix(ev.Entry.Key, prefix) {
+					if !strings.HasPrefix(ev.Entry.Key, prefix) {
 						continue
 					}
 					ev.Entry.Value = bytes.Clone(ev.Entry.Value)
@@ -217,8 +218,6 @@ func (s *Store) watch(ctx context.Context, prefix string, fromRev uint64, progre
 		}
 	}
 }
-
-func hasPrefix(s, prefix string) bool { return len(s) >= len(prefix) && s[:len(prefix)] == prefix }
 
 // watchReadRevs bounds the revisions one read of the history returns.
 const watchReadRevs = 256
