@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,14 @@ type BoltOptions struct {
 	// only for short reads whatever this is; a larger mapping only remaps
 	// less often. 0 means 1 GiB.
 	InitialMmapSize int
+	// AutoCompactMinSize is the smallest data file OpenBolt compacts
+	// before use when more than AutoCompactFreeRatio of it is free pages.
+	// 0 means DefaultAutoCompactMinSize (64 MiB); negative never compacts
+	// at open.
+	AutoCompactMinSize int64
+	// Logger receives the engine's own messages (a compaction at open).
+	// nil discards them.
+	Logger *slog.Logger
 	// CommitInterval is how long writes may wait in memory before the
 	// background committer writes them to the file (sooner once they hold
 	// 16 MiB). Longer intervals write each page of random keys less often;
@@ -77,6 +86,12 @@ type Bolt struct {
 
 	// copying counts snapshots reading the live file (holding gate).
 	copying atomic.Int32
+
+	// Compaction (compact.go): one at a time; dirty is the keys commits
+	// touched since it started recording, guarded by dmu (taken alone).
+	compacting atomic.Bool
+	dmu        sync.Mutex
+	dirty      *dirtySet
 
 	db       *bolt.DB
 	closed   bool
@@ -128,10 +143,16 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	// Only once the file's lock is ours: a second process started on the
 	// same DataDir by mistake must not delete a running Restore's file.
 	_ = fsRemove(path + ".restore")
+	_ = fsRemove(path + compactSuffix)
 	removeSnapCopies(path)
 	e.db = db
 	if err := e.loadApplied(); err != nil {
 		db.Close()
+		return nil, err
+	}
+	e.compactAtOpen()
+	if err := e.usable(); err != nil {
+		e.db.Close()
 		return nil, err
 	}
 	go e.committer()
@@ -538,6 +559,9 @@ func (e *Bolt) commitFlushing() error {
 			e.cache.refresh(it.key, it.value, it.del)
 			return true
 		})
+		// After the commit, never before: a compaction that takes its
+		// set between the two copies these keys again in its next round.
+		e.noteDirty(f)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -915,6 +939,11 @@ func (e *Bolt) swapIn(tmp string) error {
 	defer e.wmu.Unlock()
 	e.fmu.Lock()
 	defer e.fmu.Unlock()
+	return e.swapInLocked(tmp)
+}
+
+// swapInLocked is swapIn for a caller that holds wmu and fmu.
+func (e *Bolt) swapInLocked(tmp string) error {
 	e.mu.RLock()
 	err := e.usable() // Close takes wmu first: it cannot change now
 	e.mu.RUnlock()
