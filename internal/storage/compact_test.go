@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // fillPurged writes n keys of size-byte values into e, then deletes all but
@@ -379,4 +381,77 @@ func TestBolt_Compact_DiskFull(t *testing.T) {
 		t.Fatalf("Compact once there is space: %v", err)
 	}
 	diffPairs(t, "after Compact", dump(t, e), modelPairs(model))
+}
+
+// TestLogStore_CompactAtOpen: a raft.db whose entries raft deleted is
+// compacted by OpenLogStore when mostly free and over the threshold, with
+// every remaining entry and the stable keys intact; with compaction at
+// open disabled it keeps its size.
+func TestLogStore_CompactAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft.db")
+	s, err := OpenLogStore(path, LogStoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1000)
+	for i := uint64(1); i <= 20000; i += 500 {
+		if err := s.StoreLogs(withData(lsTestLogs(i, i+499), data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Set([]byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRange(1, 19000); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := fileSize(t, path)
+	s, err = OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if got := fileSize(t, path); got != before {
+		t.Fatalf("disabled: %d bytes, was %d", got, before)
+	}
+	s, err = OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: before / 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	after := fileSize(t, path)
+	t.Logf("raft.db at open: %d -> %d bytes", before, after)
+	if after >= before/2 {
+		t.Fatalf("raft.db %d bytes after open, %d before: not compacted", after, before)
+	}
+	if _, err := os.Stat(path + compactSuffix); !os.IsNotExist(err) {
+		t.Fatalf("the new file is left: %v", err)
+	}
+	first, _ := s.FirstIndex()
+	last, _ := s.LastIndex()
+	if first != 19001 || last != 20000 {
+		t.Fatalf("indexes %d..%d, want 19001..20000", first, last)
+	}
+	for i := first; i <= last; i++ {
+		var l raft.Log
+		if err := s.GetLog(i, &l); err != nil {
+			t.Fatalf("GetLog(%d): %v", i, err)
+		}
+		want := lsTestLog(i)
+		if l.Term != want.Term || len(l.Data) != len(data) {
+			t.Fatalf("GetLog(%d): term %d, %d bytes", i, l.Term, len(l.Data))
+		}
+	}
+	if v, err := s.Get([]byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("Get(k): %q, %v", v, err)
+	}
+	if err := s.StoreLogs(lsTestLogs(20001, 20001)); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -131,6 +132,14 @@ type LogStoreOptions struct {
 	// on a crash. The default (false) makes every StoreLog, StoreLogs,
 	// DeleteRange and Set durable before it returns.
 	NoSync bool
+	// AutoCompactMinSize is the smallest bbolt file OpenLogStore compacts
+	// before use when more than AutoCompactFreeRatio of it is free pages
+	// (Raft deletes old entries, and bbolt keeps the pages). 0 means
+	// DefaultAutoCompactMinSize (64 MiB); negative never compacts.
+	AutoCompactMinSize int64
+	// Logger receives the store's own messages (a compaction at open).
+	// nil discards them.
+	Logger *slog.Logger
 }
 
 var (
@@ -144,13 +153,7 @@ var (
 // tail into the bbolt file. If another LogStore holds the file, it fails
 // after about one second instead of blocking.
 func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
-	db, err := openDB(path, "raft log", &bolt.Options{
-		Timeout:         logStoreOpenTimeout,
-		NoFreelistSync:  false,
-		FreelistType:    bolt.FreelistMapType,
-		InitialMmapSize: logStoreMmapSize,
-		NoSync:          opts.NoSync,
-	})
+	db, err := openDB(path, "raft log", logStoreBoltOptions(opts))
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +170,11 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: init log store %s: %w", path, err)
+	}
+	// Only once the file's lock is ours.
+	_ = fsRemove(path + compactSuffix)
+	if db, err = compactLogAtOpen(path, db, opts); err != nil {
+		return nil, err
 	}
 	// A file without a synced freelist made bolt.Open read every page: drop
 	// them from resident memory (see releaseMapped).
@@ -197,6 +205,85 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 		}
 	}
 	return s, nil
+}
+
+func logStoreBoltOptions(opts LogStoreOptions) *bolt.Options {
+	return &bolt.Options{
+		Timeout:         logStoreOpenTimeout,
+		NoFreelistSync:  false,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: logStoreMmapSize,
+		NoSync:          opts.NoSync,
+	}
+}
+
+// compactLogAtOpen rewrites the bbolt file of a log store that is being
+// opened (db, holding its lock) without its free pages, when
+// shouldCompactAtOpen says so, and returns the handle to use: the new file,
+// or db as it was if the compaction failed before its rename (logged). The
+// log tail and the state file are separate files, untouched. A failure
+// after the rename is returned: the store cannot be opened.
+//
+// The log store is compacted only here, never while Raft runs: every read
+// of the log goes to the bbolt handle without a lock that a swap could
+// take.
+func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB, error) {
+	min := opts.AutoCompactMinSize
+	if min == 0 {
+		min = DefaultAutoCompactMinSize
+	}
+	fi, err := os.Stat(path)
+	if err != nil || !shouldCompactAtOpen(db, fi.Size(), min) {
+		return db, nil
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	tmp := path + compactSuffix
+	err = func() error {
+		ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
+		if err != nil {
+			return err
+		}
+		err = guard(path, "raft log", func() error { return bolt.Compact(ndb, db, compactChunk) })
+		if err == nil && !opts.NoSync {
+			err = ndb.Sync()
+		}
+		if cerr := ndb.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}()
+	if err != nil {
+		_ = fsRemove(tmp)
+		log.Warn("raft log compaction at open failed; going on with the file as it is", "path", path, "error", diskFull(err))
+		return db, nil
+	}
+	if err := db.Close(); err != nil {
+		_ = fsRemove(tmp)
+		return nil, fmt.Errorf("storage: compact %s: close: %w", path, err)
+	}
+	if err := fsRename(tmp, path); err != nil {
+		_ = fsRemove(tmp)
+		return nil, fmt.Errorf("storage: compact %s: %w", path, err)
+	}
+	if !opts.NoSync {
+		if err := fsSyncDir(dirOf(path)); err != nil {
+			return nil, fmt.Errorf("storage: compact %s: sync dir: %w", path, diskFull(err))
+		}
+	}
+	ndb, err := openDB(path, "raft log", logStoreBoltOptions(opts))
+	if err != nil {
+		return nil, err
+	}
+	after := int64(0)
+	if fi, err := os.Stat(path); err == nil {
+		after = fi.Size()
+	}
+	log.Info("raft log compacted at open", "path", path, "before", fi.Size(), "after", after, "took", time.Since(start))
+	return ndb, nil
 }
 
 // Close closes the underlying bbolt file. It waits for running transactions
