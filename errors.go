@@ -101,6 +101,18 @@ var (
 	ErrInvalidConfig = errors.New("kv: invalid config")
 )
 
+// Errors of Compact.
+var (
+	// ErrCompactIncomplete is wrapped by Compact's error when some members
+	// were not compacted (down, unreachable, failed, or ctx ended first):
+	// the compaction was partial. The error names each such member and
+	// its cause; the other members were compacted.
+	ErrCompactIncomplete = errors.New("kv: compaction incomplete")
+	// ErrCompacting is wrapped by the error of a compaction refused
+	// because one already runs on that member.
+	ErrCompacting = errors.New("kv: a compaction is already running")
+)
+
 // ErrDiskFull is wrapped by the errors of calls refused because a file
 // system of this member has no space left: writes while the Raft log or
 // the data file cannot grow (nothing was written), and every call on a

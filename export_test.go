@@ -58,3 +58,11 @@ func SetSessionLimits(ttl time.Duration, max int) (restore func()) {
 	maxSessions.Store(uint64(max))
 	return func() { sessionTTL.Store(oldTTL); maxSessions.Store(oldMax) }
 }
+
+// SetLogStoreOptions makes the Stores opened from now on open their raft.db
+// with opts, until restore is called.
+func SetLogStoreOptions(opts storage.LogStoreOptions) (restore func()) {
+	old := logStoreOptions
+	logStoreOptions = opts
+	return func() { logStoreOptions = old }
+}

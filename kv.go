@@ -96,6 +96,8 @@ type Store struct {
 	// restore in progress. restoreHook and restoreChunk are set by tests
 	// before Restore runs.
 	restoreBusy  atomic.Bool
+	// compactBusy: one Compact (orchestration) at a time on this member.
+	compactBusy atomic.Bool
 	restoreOwn   atomic.Pointer[restoreID]
 	restoreHook  func(step string, n int)
 	restoreChunk int
@@ -104,6 +106,10 @@ type Store struct {
 // boltOptions are the options of every data file; tests change them
 // (export_test.go) to make bbolt remap a small file often.
 var boltOptions storage.BoltOptions
+
+// logStoreOptions are the options of every raft.db; tests change them
+// (export_test.go) to compact small files at open.
+var logStoreOptions storage.LogStoreOptions
 
 func init() {
 	hooks.Crash = func(store any) error {
@@ -167,12 +173,16 @@ func (s *Store) open() error {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, rebuildMarker)); err == nil {
 			return fmt.Errorf("kv: DataDir %s holds an unfinished Rebuild: run Rebuild again with this Config before Open", cfg.DataDir)
 		}
-		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), boltOptions)
+		bopts := boltOptions
+		bopts.Logger = s.logger
+		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), bopts)
 		if err != nil {
 			return err
 		}
 		s.eng = eng
-		s.logs, err = storage.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db"), storage.LogStoreOptions{})
+		lopts := logStoreOptions
+		lopts.Logger = s.logger
+		s.logs, err = storage.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db"), lopts)
 		if err != nil {
 			return err
 		}

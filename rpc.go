@@ -31,6 +31,10 @@ const (
 	// methodVoter: body is a NodeID; the member replies with the index of
 	// its Raft configuration and whether the NodeID is a voter in it.
 	methodVoter uint8 = 6
+	// methodCompact: the member compacts its own data file (handing its
+	// leadership over first if it leads) and replies when done with the
+	// outcome, sizes and timings (compact.go). Method 8 is taken.
+	methodCompact uint8 = 7
 )
 
 // Error codes of the RPC replies.
@@ -114,6 +118,8 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 			return nil, &transport.Error{Code: codeBadRequest, Msg: "bad member ID"}
 		}
 		return s.voterReply(string(body)), nil
+	case methodCompact:
+		return s.compactReply(ctx), nil
 	}
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }
