@@ -53,6 +53,7 @@ func newAPI(store *kv.Store, timeout time.Duration) *api {
 	a.mux.HandleFunc("POST /api/lease/keepalive", a.leaseKeepAlive)
 	a.mux.HandleFunc("POST /api/lease/revoke", a.leaseRevoke)
 	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
+	a.mux.HandleFunc("POST /api/compact", a.compact)
 	a.mux.HandleFunc("GET /health", a.health)
 	return a
 }
@@ -331,6 +332,46 @@ func (a *api) del(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
+}
+
+// defaultCompactTimeout bounds POST /api/compact without timeout=: a
+// compaction copies every member's live data, one member after another.
+const defaultCompactTimeout = time.Hour
+
+// compact compacts every member's data file (Store.Compact), one after
+// another, and answers when all are done: {"success":true,"took":"1.2s"}.
+// The query's timeout= (a Go duration, default 1h) bounds it. A compaction
+// already running answers 409; one that skipped or failed on some members
+// answers 500 with "partial":true and the members in "error" (the others
+// were compacted).
+func (a *api) compact(w http.ResponseWriter, r *http.Request) {
+	timeout := defaultCompactTimeout
+	if v := r.URL.Query().Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			badRequest(w, fmt.Sprintf("timeout %q: want a positive duration such as 10m", v))
+			return
+		}
+		timeout = d
+	}
+	// The server's write timeout is sized for one short request.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(timeout + 10*time.Second))
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	start := time.Now()
+	err := a.store.Compact(ctx)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]any{"success": true, "took": time.Since(start).String()})
+	case errors.Is(err, kv.ErrCompactIncomplete):
+		body := errorBody(err)
+		body["partial"] = true
+		writeJSON(w, http.StatusInternalServerError, body)
+	case errors.Is(err, kv.ErrCompacting):
+		writeJSON(w, http.StatusConflict, errorBody(err))
+	default:
+		a.fail(w, err)
+	}
 }
 
 func (a *api) statsHandler(w http.ResponseWriter, r *http.Request) {

@@ -298,3 +298,32 @@ func TestAPI_WriteOutcomeUnknown_504(t *testing.T) {
 		t.Fatalf("the leader stepped down during the test: the lease is too short for it")
 	}
 }
+
+// TestAPI_Compact: POST /api/compact compacts the cluster and answers
+// JSON; a bad timeout is 400, and GET is not allowed.
+func TestAPI_Compact(t *testing.T) {
+	dir := t.TempDir()
+	s, err := kv.Open(kv.Config{NodeID: "c1", DataDir: dir, BootstrapExpect: 1, BindAddr: "127.0.0.1:0", GossipBindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := serve(t, s, 5*time.Second)
+	code, _, body := do(t, "POST", srv.URL+"/api/compact?timeout=1m", nil)
+	if code != http.StatusOK || !strings.Contains(string(body), `"success":true`) {
+		t.Fatalf("POST /api/compact: %d %s", code, body)
+	}
+	code, h, body := do(t, "POST", srv.URL+"/api/compact?timeout=soon", nil)
+	if code != http.StatusBadRequest {
+		t.Fatalf("bad timeout: %d %s", code, body)
+	}
+	jsonError(t, "bad timeout", h, body)
+	if code, _, body := do(t, "GET", srv.URL+"/api/compact", nil); code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /api/compact: %d %s", code, body)
+	}
+}

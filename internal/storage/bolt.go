@@ -936,24 +936,39 @@ func (s *boltStaged) Install(index uint64) error {
 // deadlock the member.
 func (e *Bolt) swapIn(tmp string) error {
 	e.wmu.Lock()
-	defer e.wmu.Unlock()
 	e.fmu.Lock()
-	defer e.fmu.Unlock()
-	return e.swapInLocked(tmp)
+	old, err := e.swapInLocked(tmp)
+	e.fmu.Unlock()
+	e.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return e.retireReplaced(old)
 }
 
-// swapInLocked is swapIn for a caller that holds wmu and fmu.
-func (e *Bolt) swapInLocked(tmp string) error {
+// retireReplaced retires the handle of a file swapIn replaced. Not under
+// wmu: closing the last handle of a large unlinked file frees its blocks,
+// which can take long, and Update need not wait for it.
+func (e *Bolt) retireReplaced(old *bolt.DB) error {
+	if cerr := e.retire(old); cerr != nil {
+		return fmt.Errorf("storage: close replaced %s: %w", e.path, cerr)
+	}
+	return nil
+}
+
+// swapInLocked is swapIn for a caller that holds wmu and fmu; it returns
+// the replaced handle, for retireReplaced once the locks are released.
+func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	e.mu.RLock()
 	err := e.usable() // Close takes wmu first: it cannot change now
 	e.mu.RUnlock()
 	if err != nil {
 		fsRemove(tmp)
-		return err
+		return nil, err
 	}
 	if err := fsRename(tmp, e.path); err != nil {
 		fsRemove(tmp)
-		return fmt.Errorf("storage: restore %s: %w", e.path, err)
+		return nil, fmt.Errorf("storage: restore %s: %w", e.path, err)
 	}
 	// From here the old file is unlinked: the engine is on the new file or
 	// refuses to go on. Readers go on with the old file until the switch:
@@ -984,7 +999,7 @@ func (e *Bolt) swapInLocked(tmp string) error {
 		e.cache.clear()
 		err = e.broken
 		e.mu.Unlock()
-		return err
+		return nil, err
 	}
 	old := e.db
 	e.db = db
@@ -994,10 +1009,7 @@ func (e *Bolt) swapInLocked(tmp string) error {
 	e.applied.Store(applied)
 	e.durable.Store(applied)
 	e.mu.Unlock()
-	if cerr := e.retire(old); cerr != nil {
-		return fmt.Errorf("storage: restore: close old %s: %w", e.path, cerr)
-	}
-	return nil
+	return old, nil
 }
 
 // afterRename, when set (by tests), runs in Install right after the rename.

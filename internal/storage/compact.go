@@ -272,8 +272,14 @@ func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
 			compactHook("round")
 		}
 	}
-	// Make the pause short: commit the layers (a commit with fsync) before
-	// it rather than during it.
+	// Make the pause short: write the new file to disk (its bulk, written
+	// without fsync) and commit the layers into the live file before it,
+	// so that the pause syncs only what its own step writes.
+	if !e.opts.NoSync {
+		if err := ndb.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", tmp, err)
+		}
+	}
 	if err := e.commitThrough(e.applied.Load()); err != nil {
 		return err
 	}
@@ -284,14 +290,27 @@ func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
 		compactHook("final")
 	}
 	// 3. Pause apply, the last keys, the meta bucket, the swap.
-	e.wmu.Lock()
 	paused := time.Now()
-	defer func() {
-		st.Stall = time.Since(paused)
-		e.wmu.Unlock()
-	}()
-	if err := e.flushAll(); err != nil {
+	old, err := e.compactFinal(db, ndb, tmp)
+	st.Stall = time.Since(paused)
+	if old == nil {
 		return err
+	}
+	swapped = true
+	return e.retireReplaced(old)
+}
+
+// compactFinal is the last step of a compaction: with apply paused, it
+// commits the layers into the live file db, copies the keys changed since
+// the last round and the meta bucket into ndb, syncs and closes it, and
+// swaps it in. It returns the replaced handle (nil if nothing was
+// swapped: ndb is then still the caller's to remove, unless the swap
+// itself failed).
+func (e *Bolt) compactFinal(db, ndb *bolt.DB, tmp string) (*bolt.DB, error) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if err := e.flushAll(); err != nil {
+		return nil, err
 	}
 	e.fmu.Lock()
 	defer e.fmu.Unlock()
@@ -300,30 +319,33 @@ func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
 	e.mu.RUnlock()
 	switch {
 	case uerr != nil:
-		return uerr
+		return nil, uerr
 	case !same:
-		return errors.New("the data file was replaced by a restore during the compaction")
+		return nil, errors.New("the data file was replaced by a restore during the compaction")
 	}
 	keys, err := e.takeDirty()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := e.copyKeys(db, ndb, keys); err != nil {
-		return err
+		return nil, err
 	}
 	if err := e.copyMeta(db, ndb); err != nil {
-		return err
+		return nil, err
 	}
 	if !e.opts.NoSync {
 		if err := ndb.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w", tmp, err)
+			return nil, fmt.Errorf("sync %s: %w", tmp, err)
 		}
 	}
 	if err := ndb.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
+		return nil, fmt.Errorf("close %s: %w", tmp, err)
 	}
-	swapped = true // swapInLocked removes tmp on failure
-	return e.swapInLocked(tmp)
+	old, err := e.swapInLocked(tmp) // removes tmp on failure
+	if err != nil {
+		return nil, err
+	}
+	return old, nil
 }
 
 // compactCheck returns why the compaction must stop: ctx ended, the
