@@ -95,9 +95,9 @@ type Store struct {
 	// Restore: one at a time; restoreOwn is the ID of this instance's
 	// restore in progress. restoreHook and restoreChunk are set by tests
 	// before Restore runs.
-	restoreBusy  atomic.Bool
+	restoreBusy atomic.Bool
 	// compactBusy: one Compact (orchestration) at a time on this member.
-	compactBusy atomic.Bool
+	compactBusy  atomic.Bool
 	restoreOwn   atomic.Pointer[restoreID]
 	restoreHook  func(step string, n int)
 	restoreChunk int
