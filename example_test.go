@@ -734,3 +734,52 @@ func ExampleStore_Grant() {
 	// 0 keys left
 	// lease gone
 }
+
+// After a purge the data files keep their size until they are compacted:
+// Compact, on any member, compacts every member's file in turn while the
+// cluster serves. A member that could not be compacted is named in an
+// error wrapping ErrCompactIncomplete.
+func ExampleStore_Compact() {
+	dir, err := os.MkdirTemp("", "kv-compact-")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	s, err := kv.Open(kv.Config{NodeID: "node1", DataDir: dir, BindAddr: "127.0.0.1:0", GossipBindAddr: "127.0.0.1:0"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for i := range 100 {
+		if err := s.Set(ctx, fmt.Sprintf("job/%03d", i), bytes.Repeat([]byte("x"), 1000)); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for i := range 99 {
+		if err := s.Delete(ctx, fmt.Sprintf("job/%03d", i)); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	err = s.Compact(ctx)
+	if errors.Is(err, kv.ErrCompactIncomplete) {
+		fmt.Println("some members were not compacted:", err)
+		return
+	}
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	pairs, err := s.List(ctx, "job/")
+	fmt.Println(len(pairs), err)
+	// Output: 1 <nil>
+}
