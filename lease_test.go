@@ -310,7 +310,7 @@ func (r *renewer) run() {
 		if s == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.ttl/3)
+		ctx, cancel := context.WithTimeout(context.Background(), r.ttl)
 		_, err := s.KeepAlive(ctx, r.id)
 		cancel()
 		if errors.Is(err, kv.ErrLeaseNotFound) {
@@ -334,8 +334,14 @@ func (r *renewer) close() error {
 // while no leader is in office, and only the new leader's wait of an
 // ElectionTimeout before it expires anything lets the renewals in.
 func TestLease_KeptAliveThroughLeaderChanges(t *testing.T) {
-	c := newCluster(t, 3)
-	kc := c.kc
+	// An ElectionTimeout of 2 s gives the renewals, which a loaded machine
+	// (the race detector, 2 cores) can slow to several hundred
+	// milliseconds each, room to land before the new leader expires
+	// anything; the TTL stays shorter than an election.
+	kc := kvtest.NewCluster(t, 3, kvtest.Logger(testLogger(t)), kvtest.Configure(func(i int, cfg *kv.Config) {
+		cfg.NodeID = fmt.Sprintf("n%d", i+1)
+		cfg.ElectionTimeout = 2 * time.Second
+	}))
 	ctx := ctxT(t, 3*time.Minute)
 	const ttl = 1200 * time.Millisecond
 	s := kc.Node(kc.Leader())
