@@ -118,12 +118,12 @@ func (s *Store) tryBootstrap(expect int, progress *bootstrapProgress) (done bool
 			continue
 		}
 		if m.Bootstrapped {
-			s.logger.Info("a cluster exists already; waiting to be added by its leader", "member", m.ID)
+			s.logger.Info("a cluster exists already; waiting to be added by its leader", "peer", m.ID)
 			return true, 0
 		}
 		if m.Expect != expect {
 			if m.Expect > 0 && progress.say(fmt.Sprintf("expect:%s:%d", m.ID, m.Expect)) {
-				s.logger.Warn("member expects a different cluster size; ignored for bootstrap", "member", m.ID, "its_expect", m.Expect, "expect", expect)
+				s.logger.Warn("member expects a different cluster size; ignored for bootstrap", "peer", m.ID, "its_expect", m.Expect, "expect", expect)
 			}
 			continue
 		}
@@ -289,9 +289,9 @@ func (s *Store) leaderLoop() {
 		case isLeader := <-leaderCh:
 			if isLeader {
 				s.health.reset()
-				s.logger.Info("became leader", "term", s.raft.CurrentTerm())
+				s.logger.Info("became leader", "term", s.raft.CurrentTerm(), "index", s.raft.LastIndex())
 			} else {
-				s.logger.Info("lost leadership")
+				s.logger.Info("lost leadership", "term", s.raft.CurrentTerm())
 			}
 		case <-changed:
 		case <-tick.C:

@@ -72,7 +72,7 @@ func (s *Store) Compact(ctx context.Context) error {
 			continue
 		}
 		if err := s.compactMember(ctx, id); err != nil {
-			s.logger.Warn("compaction of a member failed", "member", id, "error", err)
+			s.logger.Warn("compaction of a member failed", "peer", id, "error", err)
 			failed = append(failed, fmt.Errorf("%s: %w", id, err))
 			continue
 		}
@@ -103,7 +103,7 @@ func (s *Store) compactMember(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	s.logger.Info("member data file compacted", "member", id, "before", st.Before, "after", st.After, "took", st.Took, "stall", st.Stall)
+	s.logger.Info("member data file compacted", "peer", id, "before", st.Before, "after", st.After, "took", st.Took, "stall", st.Stall)
 	return nil
 }
 

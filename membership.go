@@ -131,7 +131,7 @@ func (s *Store) reconcileOnce() (bool, error) {
 			continue
 		}
 		if m.ClusterID != "" && cluster != "" && m.ClusterID != cluster {
-			s.logger.Warn("refusing member of another cluster", "member", m.ID, "its_cluster", m.ClusterID, "cluster", cluster)
+			s.logger.Warn("refusing member of another cluster", "peer", m.ID, "its_cluster", m.ClusterID, "cluster", cluster)
 			continue
 		}
 		if _, known := inConf[m.ID]; known {
@@ -147,12 +147,12 @@ func (s *Store) reconcileOnce() (bool, error) {
 		// never enters the configuration.
 		if err := s.reachable(m.Addr); err != nil {
 			if s.health.warnOnce("unreachable/"+m.ID, time.Minute) {
-				s.logger.Warn("not adding member: its transport does not answer or is not trusted", "member", m.ID, "addr", m.Addr, "error", err)
+				s.logger.Warn("not adding member: its transport does not answer or is not trusted", "peer", m.ID, "addr", m.Addr, "error", err)
 			}
 			continue
 		}
-		s.logger.Info("member joined; adding it as a non-voter until it has caught up", "member", m.ID, "addr", m.Addr)
-		return true, s.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), f.Index(), 10*time.Second).Error()
+		s.logger.Info("member joined; adding it as a non-voter until it has caught up", "peer", m.ID, "addr", m.Addr)
+		return true, s.confChanged("peer added as a non-voter", raft.ServerID(m.ID), s.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), f.Index(), 10*time.Second))
 	}
 
 	// Health of the configured members, as gossip sees them.
@@ -201,14 +201,14 @@ func (s *Store) reconcileOnce() (bool, error) {
 	sort.Slice(removable, func(i, j int) bool { return removable[i].ID < removable[j].ID })
 	for _, srv := range removable {
 		if why := s.removalBlocked(srv, voters, aliveVoters, aliveVoters, alive); why != "" {
-			s.logger.Debug("not removing dead member yet", "member", srv.ID, "reason", why)
+			s.logger.Debug("not removing dead member yet", "peer", srv.ID, "reason", why)
 			continue
 		}
 		if err := s.raft.VerifyLeader().Error(); err != nil {
 			return false, fmt.Errorf("verify leadership before removing %s: %w", srv.ID, err)
 		}
-		s.logger.Warn("removing member from the configuration", "member", srv.ID, "suffrage", srv.Suffrage.String(), "down_for", now.Sub(deadSince[string(srv.ID)]).Round(time.Second))
-		return true, s.raft.RemoveServer(srv.ID, f.Index(), 10*time.Second).Error()
+		s.logger.Warn("removing member from the configuration", "peer", srv.ID, "suffrage", srv.Suffrage.String(), "down_for", now.Sub(deadSince[string(srv.ID)]).Round(time.Second))
+		return true, s.confChanged("peer removed", srv.ID, s.raft.RemoveServer(srv.ID, f.Index(), 10*time.Second))
 	}
 
 	// Promotions. A voter that leaves is out of service at once, like one
@@ -246,7 +246,7 @@ func (s *Store) reconcileOnce() (bool, error) {
 		s.health.mu.Unlock()
 		switch {
 		case reason != "":
-			s.logger.Debug("non-voter not healthy", "member", id, "reason", reason)
+			s.logger.Debug("non-voter not healthy", "peer", id, "reason", reason)
 			why[id] = reason
 		case now.Sub(good) < s.cfg.StabilizationTime:
 			why[id] = fmt.Sprintf("stabilizing: healthy for %v of %v", now.Sub(good).Round(time.Millisecond), s.cfg.StabilizationTime)
@@ -265,8 +265,8 @@ func (s *Store) reconcileOnce() (bool, error) {
 	s.health.mu.Unlock()
 	if promote > 0 {
 		srv := servers[ready[0]]
-		s.logger.Info("promoting member to voter", "member", srv.ID, "voters", inService+1)
-		return true, s.raft.AddVoter(srv.ID, srv.Address, f.Index(), 10*time.Second).Error()
+		s.logger.Info("promoting member to voter", "peer", srv.ID, "voters", inService+1)
+		return true, s.confChanged("peer promoted to voter", srv.ID, s.raft.AddVoter(srv.ID, srv.Address, f.Index(), 10*time.Second))
 	}
 	return false, nil
 }
@@ -407,12 +407,12 @@ func (s *Store) removeMember(ctx context.Context, id string) error {
 	if why := s.removalBlocked(*target, voters, aliveNow, aliveAfter, aliveMembers); why != "" {
 		return fmt.Errorf("kv: not removing %s yet: %s", id, why)
 	}
-	s.logger.Info("removing member that leaves", "member", id)
+	s.logger.Info("removing member that leaves", "peer", id)
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
-	return translateRaftErr(s.raft.RemoveServer(raft.ServerID(id), f.Index(), timeout).Error())
+	return translateRaftErr(s.confChanged("peer removed", raft.ServerID(id), s.raft.RemoveServer(raft.ServerID(id), f.Index(), timeout)))
 }
 
 // Leave removes this instance from the cluster for good and closes it: it
@@ -520,4 +520,14 @@ func (s *Store) adoptCluster() {
 	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}
+}
+
+// confChanged waits for a configuration change and, once it is committed,
+// logs it with the peer, the term and the index of its entry.
+func (s *Store) confChanged(msg string, peer raft.ServerID, f raft.IndexFuture) error {
+	if err := f.Error(); err != nil {
+		return err
+	}
+	s.logger.Info(msg, "peer", string(peer), "term", s.raft.CurrentTerm(), "index", f.Index())
+	return nil
 }

@@ -157,3 +157,39 @@ func TestMessages_LeaderLogsAndReadErrors(t *testing.T) {
 		}
 	}
 }
+
+// The events an operator looks for carry the same attributes: elections
+// the term and index, membership changes the peer, the term and the index
+// of the configuration entry.
+func TestMessages_EventAttributes(t *testing.T) {
+	ctx := ctxT(t, 60*time.Second)
+	rec := &logRecorder{}
+	first, err := kv.Open(kv.Config{NodeID: "n1", InMemory: true, MaxVoters: 3, Logger: slog.New(rec),
+		BindAddr: "127.0.0.1:0", GossipBindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := first.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, 10*time.Second, "INFO became leader", " term=", " index=")
+	var joiners []*kv.Store
+	for _, id := range []string{"n2", "n3"} {
+		s, err := kv.Open(kv.Config{NodeID: id, InMemory: true, MaxVoters: 3, Join: []string{first.GossipAddr()},
+			BindAddr: "127.0.0.1:0", GossipBindAddr: "127.0.0.1:0", Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		joiners = append(joiners, s)
+	}
+	for _, id := range []string{"n2", "n3"} {
+		rec.waitFor(t, 30*time.Second, "INFO peer added as a non-voter", "peer="+id, " term=", " index=")
+	}
+	rec.waitFor(t, 30*time.Second, "INFO peer promoted to voter", " term=", " index=")
+	if err := joiners[1].Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, 30*time.Second, "INFO peer removed", "peer=n3", " term=", " index=")
+}
