@@ -194,6 +194,10 @@ func (s *Store) open() error {
 		if err := s.verifyLogTail(); err != nil {
 			return err
 		}
+		// A data file of a version before the quota gets its size.
+		if err := migrateSpace(s.eng); err != nil {
+			return fmt.Errorf("kv: computing the size of the data: %w", err)
+		}
 	}
 	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt, s.cfg.WatchHistory)
 	if !cfg.InMemory {
