@@ -102,9 +102,11 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		if e.kind == restoreCommit {
 			// The entries before it, then the install, which sets the
 			// applied index to the commit's.
+			var quota uint64
 			ok = (i == start || logs[i-1].Index <= from || f.update(logs[i-1].Index, logs[start:i], resp[start:i], from)) &&
+				f.retry(l.Index, "reading the quota", func() (err error) { quota, err = appliedQuota(f.eng); return err }) &&
 				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) }) &&
-				f.restored(l.Index)
+				f.restored(l.Index, quota)
 		} else {
 			// Staging first: once the engine records this index as
 			// applied, a restart does not apply the entry again.
@@ -138,10 +140,16 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 // restored follows the install of a restore at index: the restored data
 // carries the change log of the store it came from, whose revisions are
 // not this store's, so the log starts anew after index and every Watch
-// that has not reached it ends with ErrCompacted.
-func (f *fsm) restored(index uint64) bool {
+// that has not reached it ends with ErrCompacted. It carries that store's
+// quota too: the cluster keeps its own (space.go).
+func (f *fsm) restored(index, quota uint64) bool {
 	if !f.retry(index, "starting the change log after a restore", func() error {
-		return f.eng.Update(index, func(tx storage.WriteTx) error { return resetHistory(tx, index+1) })
+		return f.eng.Update(index, func(tx storage.WriteTx) error {
+			if err := keepQuota(tx, quota); err != nil {
+				return err
+			}
+			return resetHistory(tx, index+1)
+		})
 	}) {
 		return false
 	}

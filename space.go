@@ -306,3 +306,30 @@ func (s *Store) syncQuota() {
 func errNoSpace(quota uint64) error {
 	return fmt.Errorf("%w: the write would take the data beyond the cluster's quota of %d bytes; it was not applied", ErrNoSpace, quota)
 }
+
+// appliedQuota reads the quota the state machine applied (0: none).
+func appliedQuota(eng storage.Engine) (uint64, error) {
+	var q uint64
+	err := eng.View(func(tx storage.ReadTx) error {
+		sp, _, err := readSpace(tx)
+		q = sp.quota
+		return err
+	})
+	return q, err
+}
+
+// keepQuota sets the quota of the data of tx, just restored from a Backup,
+// to the cluster's, and gives it its size if it came without one.
+func keepQuota(tx storage.WriteTx, quota uint64) error {
+	sp, ok, err := readSpace(tx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if sp.size, err = dataSize(tx); err != nil {
+			return err
+		}
+	}
+	sp.quota = quota
+	return tx.Put([]byte(sysSpaceKey), sp.encode())
+}
