@@ -91,7 +91,8 @@ func sameData(t *testing.T, c *kvtest.Cluster, sized bool) []kv.Entry {
 			continue
 		}
 		if fmt.Sprint(ents) != fmt.Sprint(first) {
-			t.Fatalf("%s holds other data than %s:\n%v\n%v", st.NodeID, nodes[0].Stats().NodeID, ents, first)
+			t.Fatalf("%s holds other data than %s: %d keys, %d bytes; %d keys, %d bytes", st.NodeID, nodes[0].Stats().NodeID,
+				len(ents), logicalSize(ents), len(first), logicalSize(first))
 		}
 		if st.DataBytes != nodes[0].Stats().DataBytes || st.QuotaBytes != nodes[0].Stats().QuotaBytes {
 			t.Fatalf("%s: %d bytes, quota %d; %s: %d, %d", st.NodeID, st.DataBytes, st.QuotaBytes,

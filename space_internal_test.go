@@ -14,7 +14,6 @@ func quotaLog(index uint64, cmds ...command) *raft.Log {
 	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: encodeEntry(0, cmds)}
 }
 
-
 // appliedSpace reads the space record the state machine keeps.
 func appliedSpace(t *testing.T, eng storage.Engine) space {
 	t.Helper()
