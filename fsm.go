@@ -46,6 +46,9 @@ type fsm struct {
 	sinceSnap atomic.Uint64
 	snapBytes uint64
 	wantSnap  chan struct{}
+	// beforeSnapshot, when set, runs as a snapshot is taken, before raft
+	// compacts the log behind it (trailing.go).
+	beforeSnapshot func()
 }
 
 var (
@@ -559,6 +562,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	if err := f.rs.holdsSnapshots(); err != nil {
 		return nil, err
+	}
+	if f.beforeSnapshot != nil {
+		f.beforeSnapshot()
 	}
 	s, err := f.eng.Snapshot()
 	if err != nil {

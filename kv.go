@@ -42,6 +42,10 @@ type Store struct {
 	fsm    *fsm
 	eng    storage.Engine
 	logs   *storage.LogStore // nil when InMemory
+	// sizes tracks the newest log entries' sizes, and bounded is raft
+	// once it runs (trailing.go).
+	sizes   *logSizes
+	bounded atomic.Pointer[raft.Raft]
 	stable raft.StableStore
 	snaps  raft.SnapshotStore
 	rlog   raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
@@ -206,6 +210,11 @@ func (s *Store) open() error {
 		s.fsm.rs = newRestorer(cfg.DataDir, s.eng, s.logger)
 	}
 	s.fsm.snapBytes = cfg.SnapshotBytes
+	s.fsm.beforeSnapshot = s.boundTrailing
+	s.sizes = newLogSizes(cfg.TrailingLogs)
+	if err := s.primeSizes(); err != nil {
+		return err
+	}
 
 	// Transport.
 	ln, err := net.Listen("tcp", cfg.BindAddr)
@@ -302,12 +311,13 @@ func (s *Store) open() error {
 		}
 	}
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
-	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }}
+	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }, sizes: s.sizes}
 	s.rlog = logStore
 	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
+	s.bounded.Store(s.raft)
 	s.goFunc(func() { gate.run(s, s.raftStop) })
 	if err := s.halter.halted(); err != nil {
 		return err
