@@ -46,9 +46,9 @@ type Store struct {
 	// once it runs (trailing.go).
 	sizes   *logSizes
 	bounded atomic.Pointer[raft.Raft]
-	stable raft.StableStore
-	snaps  raft.SnapshotStore
-	rlog   raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
+	stable  raft.StableStore
+	snaps   raft.SnapshotStore
+	rlog    raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
 
 	// Membership: the cluster ID (empty until bootstrapped or adopted), this
 	// start's nonce, and the leader's view of member health.
