@@ -779,6 +779,12 @@ func (p *pipeline) settle(w *pendingWrite, res []cmdResult) (again bool) {
 	case resStale:
 		w.answer(fmt.Errorf("%w: its sequence was answered already", ErrSessionExpired))
 		return false
+	case resNoSpace:
+		if w.fut != nil {
+			// An async write has no writeCmd to read its result.
+			w.answer(errNoSpace(res[0].rev))
+			return false
+		}
 	}
 	w.res = res
 	w.answer(nil)

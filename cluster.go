@@ -301,6 +301,7 @@ func (s *Store) leaderLoop() {
 		}
 		if s.raft.State() == raft.Leader {
 			s.markTerm()
+			s.syncQuota()
 			s.abortStaleRestore()
 			s.reconcile()
 		}

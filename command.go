@@ -45,6 +45,16 @@ import (
 // read. A version that does not know format 3 halts on such an entry
 // rather than skip it.
 //
+// Format 4 is format 3 with cmdSetQuota (space.go):
+//
+//	cmdSetQuota:
+//	  uvarint session, seq  as for cmdTxn
+//	  uvarint n             the quota in bytes (0: none)
+//	  uvarint term          the proposing leader's term
+//
+// Only an entry that holds one is written in format 4; versions before
+// the quota halt on it rather than skip it.
+//
 // A Set or a Delete is a cmdTxn without conditions and with one operation
 // in Then. An entry without commands (the leader's term marker) only
 // advances the applied index.
@@ -59,6 +69,7 @@ const (
 	cmdVersion1 byte = 1
 	cmdVersion  byte = 2
 	cmdVersion3 byte = 3
+	cmdVersion4 byte = 4
 )
 
 // Command kinds.
@@ -70,6 +81,8 @@ const (
 	cmdKeepAlive uint8 = 4
 	cmdRevoke    uint8 = 5
 	cmdExpire    uint8 = 6
+	// cmdSetQuota sets the cluster's space quota (space.go).
+	cmdSetQuota uint8 = 7
 )
 
 // isLeaseCmd says whether kind is a lease command.
@@ -219,9 +232,9 @@ func encodeEntry(time uint64, groups ...[]command) []byte {
 				}
 				b = binary.AppendUvarint(b, c.seq)
 			}
-			if isLeaseCmd(c.kind) {
+			if isLeaseCmd(c.kind) || c.kind == cmdSetQuota {
 				b = binary.AppendUvarint(b, c.n)
-				if c.kind == cmdExpire {
+				if c.kind == cmdExpire || c.kind == cmdSetQuota {
 					b = binary.AppendUvarint(b, c.term)
 				}
 				continue
@@ -272,9 +285,16 @@ func appendOps(b []byte, ops []Op) []byte {
 	return b
 }
 
-// entryFormat is the format an entry of groups is written in: format 3
-// only when it needs it, so that versions without leases read the rest.
+// entryFormat is the format an entry of groups is written in: format 3 or
+// 4 only when it needs it, so that older versions read the rest.
 func entryFormat(groups [][]command) byte {
+	for _, g := range groups {
+		for i := range g {
+			if g[i].kind == cmdSetQuota {
+				return cmdVersion4
+			}
+		}
+	}
 	for _, g := range groups {
 		for i := range g {
 			c := &g[i]
@@ -312,7 +332,7 @@ var errMalformed = errors.New("kv: malformed command")
 // this version reads: a command format, or a restore entry (an empty entry
 // is damage, not a format).
 func knownFormat(b []byte) bool {
-	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion3 || b[0] == cmdVersion1 || b[0] == entryRestore
+	return len(b) == 0 || b[0] == cmdVersion || b[0] == cmdVersion3 || b[0] == cmdVersion4 || b[0] == cmdVersion1 || b[0] == entryRestore
 }
 
 // decodeEntry decodes a command entry of either format. It never panics;
@@ -327,8 +347,8 @@ func decodeEntry(b []byte) (d decoded, err error) {
 		}
 	}()
 	switch b[0] {
-	case cmdVersion, cmdVersion3:
-		r := reader{b: b[1:], v3: b[0] == cmdVersion3}
+	case cmdVersion, cmdVersion3, cmdVersion4:
+		r := reader{b: b[1:], v3: b[0] >= cmdVersion3, v4: b[0] == cmdVersion4}
 		d, err = r.entry()
 		if err == nil && len(r.b) > 0 {
 			err = fmt.Errorf("%w: %d bytes after the last command", errMalformed, len(r.b))
@@ -344,7 +364,8 @@ func decodeEntry(b []byte) (d decoded, err error) {
 // panics, on bytes that end early or say more than they hold.
 type reader struct {
 	b  []byte
-	v3 bool // format 3: lease commands and operations may come
+	v3 bool // format 3 or 4: lease commands and operations may come
+	v4 bool // format 4: cmdSetQuota may come
 }
 
 var errShort = errors.New("ends early")
@@ -453,6 +474,10 @@ func (r *reader) entry() (d decoded, err error) {
 			if !r.v3 {
 				return d, fmt.Errorf("%w: lease command in a format 2 entry", errMalformed)
 			}
+		case cmdSetQuota:
+			if !r.v4 {
+				return d, fmt.Errorf("%w: quota command in an entry of format 2 or 3", errMalformed)
+			}
 		default:
 			return d, fmt.Errorf("%w: unknown command kind %d", errMalformed, c.kind)
 		}
@@ -471,6 +496,18 @@ func (r *reader) entry() (d decoded, err error) {
 			if c.seq == 0 {
 				return d, fmt.Errorf("%w: sequence 0", errMalformed)
 			}
+		}
+		if c.kind == cmdSetQuota {
+			if c.n, err = r.uvarint(); err != nil {
+				return d, wrap("quota", err)
+			}
+			if c.n > maxQuota {
+				return d, fmt.Errorf("%w: quota of %d bytes", errMalformed, c.n)
+			}
+			if c.term, err = r.uvarint(); err != nil {
+				return d, wrap("quota term", err)
+			}
+			continue
 		}
 		if isLeaseCmd(c.kind) {
 			if c.n, err = r.uvarint(); err != nil {
@@ -656,6 +693,9 @@ const (
 	// resNoLease: not applied: the lease the command names does not
 	// exist (never granted, expired or revoked).
 	resNoLease uint8 = 7
+	// resNoSpace: not applied: the command would take the data beyond
+	// the cluster's space quota (space.go); rev is the quota.
+	resNoSpace uint8 = 8
 )
 
 // cmdResult is the outcome of one command as the state machine applied it.
@@ -739,7 +779,7 @@ func decodeResults(b []byte) (res []cmdResult, err error) {
 		if c.status, err = r.byte(); err != nil {
 			return nil, wrap(err)
 		}
-		if c.status < resOK || c.status > resNoLease {
+		if c.status < resOK || c.status > resNoSpace {
 			return nil, wrap(fmt.Errorf("unknown status %d", c.status))
 		}
 		if c.rev, err = r.uvarint(); err != nil {

@@ -170,7 +170,8 @@ func TestDecodeEntryErrors(t *testing.T) {
 	}{
 		{"nil", nil, errMalformed},
 		{"format 0", append([]byte{0}, valid[1:]...), errMalformed},
-		{"format 4", append([]byte{4}, valid[1:]...), errMalformed},
+		{"format 5", append([]byte{5}, valid[1:]...), errMalformed},
+		{"quota command in format 3", append([]byte{cmdVersion3}, encodeEntry(5, []command{{kind: cmdSetQuota, n: 10, term: 2}})[1:]...), errMalformed},
 		{"lease command in format 2", cmd(cmdGrant, 0, 5), errMalformed},
 		{"lease operation in format 2", cmd(cmdTxn, 0, 0, 1, opSetTTL, 1, 'k', 0, 5, 0), errMalformed},
 		{"format 255", append([]byte{0xff}, valid[1:]...), errMalformed},
@@ -210,6 +211,8 @@ func FuzzDecodeCommand(f *testing.F) {
 		// Format 3: lease commands and operations.
 		{{kind: cmdGrant, n: 5000}, {kind: cmdKeepAlive, sess: s1, seq: 5, floor: 2, n: 3}, {kind: cmdRevoke, n: 1 << 40}, {kind: cmdExpire, n: 1}, {kind: cmdExpire, n: 2, term: 7}},
 		{{kind: cmdTxn, then: []Op{{kind: opSet, key: "l", value: []byte("v"), lease: 7}, {kind: opSet, key: "t", value: nil, ttl: 250}}, els: []Op{{kind: opSet, key: "e", lease: 1}}}},
+		// Format 4: the quota command.
+		{{kind: cmdSetQuota, n: 1 << 30, term: 3}, {kind: cmdSetQuota, sess: s1, seq: 6, floor: 2, term: 4}, {kind: cmdGrant, n: 5000}},
 	} {
 		b := encodeEntry(9, g)
 		f.Add(b)
@@ -228,17 +231,20 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 		for i := range d.cmds {
 			c := &d.cmds[i]
-			if c.kind != cmdTxn && c.kind != cmdRegister && !isLeaseCmd(c.kind) {
+			if c.kind != cmdTxn && c.kind != cmdRegister && !isLeaseCmd(c.kind) && c.kind != cmdSetQuota {
 				t.Fatalf("decodeEntry(%x) accepted command kind %d", b, c.kind)
 			}
-			if isLeaseCmd(c.kind) && (b[0] != cmdVersion3 || c.n == 0 || c.n > maxLeaseN || c.count() != 0) {
+			if c.kind == cmdSetQuota && (b[0] != cmdVersion4 || c.n > maxQuota || c.count() != 0) {
+				t.Fatalf("decodeEntry(%x) accepted quota command %+v", b, c)
+			}
+			if isLeaseCmd(c.kind) && (b[0] != cmdVersion3 && b[0] != cmdVersion4 || c.n == 0 || c.n > maxLeaseN || c.count() != 0) {
 				t.Fatalf("decodeEntry(%x) accepted lease command %+v", b, c)
 			}
 			for _, o := range append(append([]Op(nil), c.then...), c.els...) {
 				if o.kind < opSet || o.kind > opGet || o.key == "" {
 					t.Fatalf("decodeEntry(%x) accepted op %+v", b, o)
 				}
-				if (o.lease != 0 || o.ttl != 0) && (b[0] != cmdVersion3 || o.kind != opSet || o.lease != 0 && o.ttl != 0) {
+				if (o.lease != 0 || o.ttl != 0) && (b[0] != cmdVersion3 && b[0] != cmdVersion4 || o.kind != opSet || o.lease != 0 && o.ttl != 0) {
 					t.Fatalf("decodeEntry(%x) accepted lease operation %+v (a format 2 reader must refuse it)", b, o)
 				}
 			}

@@ -113,6 +113,16 @@ var (
 	ErrCompacting = errors.New("kv: a compaction is already running")
 )
 
+// ErrNoSpace is wrapped by the errors of writes refused because they would
+// take the data the cluster stores beyond its space quota
+// (Config.QuotaBytes of the leader; see Stats.QuotaBytes and
+// Stats.DataBytes): such a write was not applied, and never will be.
+// Writes that do not grow the data (deletes, overwrites with a value no
+// larger, transactions that shrink it), lease commands and reads go on.
+// Delete data, or raise the quota on the leader, and write again. It is
+// not ErrDiskFull, which reports a member's own file system without space.
+var ErrNoSpace = errors.New("kv: space quota reached")
+
 // ErrDiskFull is wrapped by the errors of calls refused because a file
 // system of this member has no space left: writes while the Raft log or
 // the data file cannot grow (nothing was written), and every call on a

@@ -66,3 +66,30 @@ func SetLogStoreOptions(opts storage.LogStoreOptions) (restore func()) {
 	logStoreOptions = opts
 	return func() { logStoreOptions = old }
 }
+
+// TakeSnapshot makes s take a Raft snapshot now.
+func TakeSnapshot(s *Store) error { return s.raft.Snapshot().Error() }
+
+// LogBytes returns the first and last index of s's Raft log on disk, and
+// the bytes of the records between them.
+func LogBytes(s *Store) (first, last uint64, bytes int64, err error) {
+	if first, err = s.logs.FirstIndex(); err != nil {
+		return
+	}
+	if last, err = s.logs.LastIndex(); err != nil {
+		return
+	}
+	err = s.logs.RecordSizes(func(_ uint64, size int) bool {
+		bytes += int64(size)
+		return true
+	})
+	return
+}
+
+// SetTrailingBoundOff turns Config.TrailingBytes off in every Store until
+// the returned function restores it. Tests only: it shows what the bound
+// does.
+func SetTrailingBoundOff() (restore func()) {
+	noTrailingBound.Store(true)
+	return func() { noTrailingBound.Store(false) }
+}

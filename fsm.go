@@ -37,12 +37,18 @@ type fsm struct {
 	// stuck holds the error of a batch that waits for disk space to be
 	// applied (nil while apply goes on).
 	stuck atomic.Pointer[error]
+	// noSpace is set while writes are refused for space (space.go): the
+	// first refusal, and the first write that passes after, are logged.
+	noSpace atomic.Bool
 
 	// Bytes of entries applied since the last snapshot; past snapBytes
 	// one signal on wantSnap asks the Store for a snapshot.
 	sinceSnap atomic.Uint64
 	snapBytes uint64
 	wantSnap  chan struct{}
+	// beforeSnapshot, when set, runs as a snapshot is taken, before raft
+	// compacts the log behind it (trailing.go).
+	beforeSnapshot func()
 }
 
 var (
@@ -99,9 +105,11 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		if e.kind == restoreCommit {
 			// The entries before it, then the install, which sets the
 			// applied index to the commit's.
+			var quota uint64
 			ok = (i == start || logs[i-1].Index <= from || f.update(logs[i-1].Index, logs[start:i], resp[start:i], from)) &&
+				f.retry(l.Index, "reading the quota", func() (err error) { quota, err = appliedQuota(f.eng); return err }) &&
 				f.retry(l.Index, "installing a restore", func() error { return f.rs.commit(l.Index, e.id) }) &&
-				f.restored(l.Index)
+				f.restored(l.Index, quota)
 		} else {
 			// Staging first: once the engine records this index as
 			// applied, a restart does not apply the entry again.
@@ -135,10 +143,16 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 // restored follows the install of a restore at index: the restored data
 // carries the change log of the store it came from, whose revisions are
 // not this store's, so the log starts anew after index and every Watch
-// that has not reached it ends with ErrCompacted.
-func (f *fsm) restored(index uint64) bool {
+// that has not reached it ends with ErrCompacted. It carries that store's
+// quota too: the cluster keeps its own (space.go).
+func (f *fsm) restored(index, quota uint64) bool {
 	if !f.retry(index, "starting the change log after a restore", func() error {
-		return f.eng.Update(index, func(tx storage.WriteTx) error { return resetHistory(tx, index+1) })
+		return f.eng.Update(index, func(tx storage.WriteTx) error {
+			if err := keepQuota(tx, quota); err != nil {
+				return err
+			}
+			return resetHistory(tx, index+1)
+		})
 	}) {
 		return false
 	}
@@ -162,12 +176,17 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 		if l.Index > from && l.Type == raft.LogCommand && !knownFormat(l.Data) {
 			// Skipping it would be the same on every member of this
 			// version, but not on those of the version that wrote it.
-			f.halt(fmt.Errorf("%w: entry %d is in format %d, this version reads %d and %d: upgrade this member", ErrNewerFormat, l.Index, l.Data[0], cmdVersion1, cmdVersion))
+			f.halt(fmt.Errorf("%w: entry %d is in format %d, this version reads %d to %d: upgrade this member", ErrNewerFormat, l.Index, l.Data[0], cmdVersion1, cmdVersion4))
 			return false
 		}
 	}
+	var ev spaceEvents
+	var sp space
 	apply := func(tx storage.WriteTx) error {
-		a := applier{tx: tx, sessions: sessionTable{tx: tx}, hist: f.hist.begin(tx, from)}
+		a := applier{tx: tx, sessions: sessionTable{tx: tx}, hist: f.hist.begin(tx, from), space: spaceTx{tx: tx}}
+		if err := a.space.load(); err != nil {
+			return err
+		}
 		for i, l := range logs {
 			if l.Index <= from || l.Type != raft.LogCommand || isRestoreEntry(l.Data) {
 				continue
@@ -192,12 +211,17 @@ func (f *fsm) update(index uint64, logs []*raft.Log, resp []any, from uint64) bo
 		if err := a.hist.end(); err != nil {
 			return err
 		}
+		if err := a.space.flush(); err != nil {
+			return err
+		}
+		ev, sp = a.space.ev, a.space.sp
 		return a.sessions.flush(a.buf)
 	}
 	if !f.retry(index, "applying committed entries", func() error { return f.eng.Update(index, apply) }) {
 		return false
 	}
 	f.hist.committed(index)
+	f.noteSpace(ev, sp)
 	return true
 }
 
@@ -257,6 +281,7 @@ type applier struct {
 	hist     *histTx // the changes of the transaction, for the change log
 	term     uint64  // the term of the entry being applied
 	buf      []byte  // Put copies: one buffer serves every record
+	space    spaceTx // the data's size and the quota (space.go)
 }
 
 // entry applies the commands of the entry at index and returns their
@@ -311,6 +336,13 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 		}
 		sess = s
 	}
+	if c.kind == cmdSetQuota {
+		res := a.setQuota(c)
+		if sess != nil {
+			return res, a.sessions.record(sess, c.seq, res)
+		}
+		return res, nil
+	}
 	if isLeaseCmd(c.kind) {
 		res, err := a.leaseCommand(index, now, c)
 		if err == nil && sess != nil && res.status == resOK {
@@ -343,6 +375,16 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 	}
 	if ok, err := a.leasesExist(ops); err != nil || !ok {
 		return cmdResult{status: resNoLease, rev: index}, err
+	}
+	if grow := a.growth(ops); !a.space.fits(grow) {
+		a.space.ev.refused = true
+		res := cmdResult{status: resNoSpace, rev: a.space.sp.quota}
+		if sess != nil {
+			return res, a.sessions.record(sess, c.seq, res)
+		}
+		return res, nil
+	} else if grow > 0 {
+		a.space.ev.grew = true
 	}
 	size := 0
 	for i := range ops {
@@ -384,7 +426,9 @@ func (a *applier) command(index, now uint64, c *command) (cmdResult, error) {
 func (a *applier) setKey(index, now uint64, o *Op) error {
 	key := keyBytes(o.key)
 	create, version, oldLease := index, uint64(1), uint64(0)
+	var oldSize int64
 	if old, ok := a.tx.Get(key); ok {
+		oldSize = int64(len(key) + len(old))
 		if r, err := decodeRecord(old); err == nil {
 			create, version, oldLease = r.create, r.version+1, r.lease
 		}
@@ -414,6 +458,7 @@ func (a *applier) setKey(index, now uint64, o *Op) error {
 	if err := a.tx.Put(key, a.buf); err != nil {
 		return err
 	}
+	a.space.add(int64(len(key)+len(a.buf)) - oldSize)
 	a.hist.put(o.key, create, index, version, lease, o.value)
 	return nil
 }
@@ -436,6 +481,7 @@ func (a *applier) deleteKey(index uint64, key string, detach bool) error {
 	if err := a.tx.Delete(kb); err != nil {
 		return err
 	}
+	a.space.add(-int64(len(kb) + len(old)))
 	a.hist.del(key, index)
 	return nil
 }
@@ -516,6 +562,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	if err := f.rs.holdsSnapshots(); err != nil {
 		return nil, err
+	}
+	if f.beforeSnapshot != nil {
+		f.beforeSnapshot()
 	}
 	s, err := f.eng.Snapshot()
 	if err != nil {

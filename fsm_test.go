@@ -358,7 +358,7 @@ func TestFSMNewerFormatHalts(t *testing.T) {
 		f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err }, WatchHistory{})
 		resp := f.ApplyBatch([]*raft.Log{
 			cmdLog(t, 1, setOp("a", "1")),
-			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{cmdVersion3 + 1, 0, 0}},
+			{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte{cmdVersion4 + 1, 0, 0}},
 			cmdLog(t, 3, setOp("b", "2")),
 		})
 		if !errors.Is(halted, ErrNewerFormat) {

@@ -42,9 +42,13 @@ type Store struct {
 	fsm    *fsm
 	eng    storage.Engine
 	logs   *storage.LogStore // nil when InMemory
-	stable raft.StableStore
-	snaps  raft.SnapshotStore
-	rlog   raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
+	// sizes tracks the newest log entries' sizes, and bounded is raft
+	// once it runs (trailing.go).
+	sizes   *logSizes
+	bounded atomic.Pointer[raft.Raft]
+	stable  raft.StableStore
+	snaps   raft.SnapshotStore
+	rlog    raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
 
 	// Membership: the cluster ID (empty until bootstrapped or adopted), this
 	// start's nonce, and the leader's view of member health.
@@ -204,6 +208,10 @@ func (s *Store) open() error {
 		if err := s.verifyLogTail(); err != nil {
 			return err
 		}
+		// A data file of a version before the quota gets its size.
+		if err := migrateSpace(s.eng); err != nil {
+			return fmt.Errorf("kv: computing the size of the data: %w", err)
+		}
 	}
 	s.fsm = newFSM(s.eng, s.logger, s.ctx.Done(), s.halt, s.cfg.WatchHistory)
 	if !cfg.InMemory {
@@ -212,6 +220,11 @@ func (s *Store) open() error {
 		s.fsm.rs = newRestorer(cfg.DataDir, s.eng, s.logger)
 	}
 	s.fsm.snapBytes = cfg.SnapshotBytes
+	s.fsm.beforeSnapshot = s.boundTrailing
+	s.sizes = newLogSizes(cfg.TrailingLogs)
+	if err := s.primeSizes(); err != nil {
+		return err
+	}
 
 	// Transport.
 	ln, err := net.Listen("tcp", cfg.BindAddr)
@@ -308,12 +321,13 @@ func (s *Store) open() error {
 		}
 	}
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
-	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }}
+	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }, sizes: s.sizes}
 	s.rlog = logStore
 	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
+	s.bounded.Store(s.raft)
 	s.goFunc(func() { gate.run(s, s.raftStop) })
 	if err := s.halter.halted(); err != nil {
 		return err

@@ -483,7 +483,7 @@ func TestLeaseFormat_OlderMembersRefuse(t *testing.T) {
 	var halted error
 	f := newFSM(eng, logging.Discard(), stop, func(err error) { halted = err }, WatchHistory{})
 	next := encodeEntry(5, []command{grantC(10)})
-	next[0] = cmdVersion3 + 1
+	next[0] = cmdVersion4 + 1
 	f.ApplyBatch([]*raft.Log{entryLog(1, 5, set("a", "1")), {Index: 2, Term: 1, Type: raft.LogCommand, Data: next}})
 	if !errors.Is(halted, ErrNewerFormat) {
 		t.Errorf("halt error %v, want ErrNewerFormat", halted)

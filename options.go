@@ -77,6 +77,12 @@ const (
 	// for a watcher to reconnect, or a member to restart, and resume.
 	DefaultWatchHistoryRevisions = 100000
 	DefaultWatchHistoryBytes     = 64 << 20
+	// DefaultQuotaBytes is the space quota a leader sets for the cluster
+	// when Config.QuotaBytes is 0: 2 GiB of data, as etcd's default.
+	DefaultQuotaBytes = 2 << 30
+	// DefaultTrailingBytes is about how many bytes of entries a snapshot
+	// leaves in the log when Config.TrailingBytes is 0: 64 MiB.
+	DefaultTrailingBytes = 64 << 20
 )
 
 // WatchHistory bounds the change log Watch reads from (Config.WatchHistory).
@@ -269,6 +275,31 @@ type Config struct {
 	// keeps more on disk (see docs/operations.md, Sizing). Raise it if
 	// followers that were down for a short while keep receiving snapshots.
 	TrailingLogs uint64
+	// TrailingBytes bounds the entries a snapshot leaves in the log by
+	// size: the log keeps at most TrailingLogs entries, and of them no
+	// more than about TrailingBytes of the newest (the newest entry is
+	// always kept, whatever its size). With group commit one entry can
+	// hold up to 4 MiB of writes, so a count alone would let the log keep
+	// many GiB after a bulk load. Default DefaultTrailingBytes (64 MiB); a
+	// negative value keeps no bound by size. A follower further behind
+	// than the log reaches receives a snapshot instead.
+	TrailingBytes int64
+	// QuotaBytes is the space quota: the most bytes of data the cluster
+	// stores, counted as the bytes of every key plus its stored record
+	// (the value and a header of 25 bytes, 33 for a key on a lease). The
+	// store's own state (write sessions, leases, the watch history) does
+	// not count; nor does the files' free space (compact them to return
+	// it). A write that would take the data beyond the quota is refused
+	// with an error wrapping ErrNoSpace, on every member alike; deletes,
+	// writes that do not grow the data, lease commands and reads go on.
+	// Default DefaultQuotaBytes (2 GiB); negative: no quota.
+	//
+	// The quota is a cluster setting: the leader sets the cluster's to its
+	// own QuotaBytes once it leads (through the Raft log, so every member
+	// applies the same), and until a leader has, there is none. Set the
+	// same value on every member; after a change, the next leader's
+	// governs. See docs/operations.md, "Space".
+	QuotaBytes int64
 	// AsyncWriteTimeout is how long a SetAsync or DeleteAsync write keeps
 	// trying: waiting for a leader (during an election, or with no
 	// majority), and sending the write again after an attempt whose answer
@@ -403,6 +434,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = DefaultTrailingLogs
+	}
+	if c.TrailingBytes == 0 {
+		c.TrailingBytes = DefaultTrailingBytes
+	}
+	if c.QuotaBytes == 0 {
+		c.QuotaBytes = DefaultQuotaBytes
 	}
 	return c, nil
 }

@@ -46,6 +46,8 @@ type raftStorage struct {
 
 	mu        sync.Mutex
 	failSince time.Time // first append failure since the last success
+
+	sizes *logSizes // the sizes of the entries stored (trailing.go); may be nil
 }
 
 const appendFailLimit = 5 * time.Second
@@ -87,6 +89,9 @@ func (r *raftStorage) StoreLogs(logs []*raft.Log) error {
 	switch {
 	case err == nil:
 		r.failSince = time.Time{}
+		if r.sizes != nil {
+			r.sizes.stored(logs)
+		}
 	case errors.Is(err, storage.ErrCorrupt):
 		r.halt(fmt.Errorf("append to the Raft log: %w", err))
 	case errors.Is(err, storage.ErrDiskFull):

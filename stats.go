@@ -56,6 +56,15 @@ type Stats struct {
 	// NotPromoted says, on the leader, why each non-voter is not a voter yet
 	// (nil on other members).
 	NotPromoted map[string]string
+	// QuotaBytes is the cluster's space quota as this member applied it
+	// (Config.QuotaBytes of the leader that set it); 0: none.
+	QuotaBytes int64
+	// DataBytes is the logical size of the data as this member applied it:
+	// the bytes of every key plus its stored record, which QuotaBytes
+	// bounds. Every member that applied the same log has the same value;
+	// the files on disk are larger (pages, free space, the store's own
+	// state).
+	DataBytes int64
 	// Halted is why this member stopped taking part (State is then
 	// shutdown): the text of the error every call on it returns. Empty
 	// while it runs.
@@ -87,6 +96,7 @@ func (s *Store) Stats() Stats {
 	st.Term = s.raft.CurrentTerm()
 	st.CommitIndex = s.raft.CommitIndex()
 	st.AppliedIndex = s.eng.AppliedIndex()
+	st.QuotaBytes, st.DataBytes = s.spaceUsage()
 	st.LastLogIndex = s.raft.LastIndex()
 	st.LastSnapshotIndex, _ = strconv.ParseUint(s.raft.Stats()["last_snapshot_index"], 10, 64)
 	if f := s.raft.GetConfiguration(); f.Error() == nil {

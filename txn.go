@@ -277,6 +277,9 @@ func (s *Store) validateCmd(c *command) error {
 		}
 		return nil
 	}
+	if c.kind == cmdSetQuota {
+		return nil
+	}
 	if c.kind != cmdTxn {
 		return fmt.Errorf("%w: command kind %d", ErrInvalidTxn, c.kind)
 	}

@@ -167,6 +167,8 @@ func (s *Store) writeCmd(ctx context.Context, w *pendingWrite) (cmdResult, error
 		return r, fmt.Errorf("%w: the Gets would exceed %d bytes", ErrTxnTooLarge, maxTxnGetBytes)
 	case resInvalid:
 		return r, fmt.Errorf("%w: refused by the state machine", ErrReservedKey)
+	case resNoSpace:
+		return r, errNoSpace(r.rev)
 	}
 	return w.res[0], nil
 }

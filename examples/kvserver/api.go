@@ -152,6 +152,10 @@ func (a *api) status(err error) int {
 		// Before the others: a write caught by a halt, a full disk, Close
 		// or a deadline after it was sent wraps them too.
 		return http.StatusGatewayTimeout
+	case errors.Is(err, kv.ErrNoSpace):
+		// The cluster's space quota: the write was not applied; writes
+		// that grow the data resume once data is deleted.
+		return http.StatusInsufficientStorage
 	case errors.Is(err, kv.ErrDiskFull):
 		if a.stats().Halted != "" {
 			// This member halted: another one can answer.

@@ -243,6 +243,8 @@ func TestStatus_OfLibraryErrors(t *testing.T) {
 		{fmt.Errorf("kv: member halted: %w", kv.ErrCorrupt), 503, 503, 503, false},
 		// A full disk: 507, unless this member halted for it.
 		{fmt.Errorf("kv: %w", kv.ErrDiskFull), 507, 507, 503, false},
+		// The cluster's space quota: 507 on every member.
+		{fmt.Errorf("%w: the write would take the data beyond the cluster's quota of 10 bytes; it was not applied", kv.ErrNoSpace), 507, 507, 507, false},
 		// A deadline alone: 504 while a leader is known, else 503.
 		{fmt.Errorf("kv: %w", context.DeadlineExceeded), 504, 503, 503, false},
 		{fmt.Errorf("kv: write: %w (%w)", context.DeadlineExceeded, kv.ErrOutcomeUnknown), 504, 504, 504, true},

@@ -903,3 +903,48 @@ func (d *logDecoder) bytes(field string) []byte {
 	d.buf = d.buf[n:]
 	return v
 }
+
+// RecordSizes calls fn with the index and stored size (bytes of the
+// record) of every log entry, newest first, until fn returns false. It
+// reads no entry's data: the sizes come from the tail's records in memory
+// and the bbolt file's keys and value lengths.
+func (s *LogStore) RecordSizes(fn func(index uint64, size int) bool) error {
+	s.memMu.RLock()
+	run := s.mem
+	s.memMu.RUnlock()
+	below := uint64(0) // the bbolt file's entries start below the tail's
+	if len(run.recs) > 0 {
+		for i := len(run.recs) - 1; i >= 0; i-- {
+			if !fn(run.first+uint64(i), len(run.recs[i])) {
+				return nil
+			}
+		}
+		below = run.first
+	}
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(logStoreBucketLogs).Cursor()
+		k, v := c.Last()
+		if below > 0 {
+			var key [8]byte
+			binary.BigEndian.PutUint64(key[:], below)
+			if k, v = c.Seek(key[:]); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+		}
+		for ; k != nil; k, v = c.Prev() {
+			if len(k) != 8 {
+				return fmt.Errorf("%w: log key %x is %d bytes, want 8", ErrCorruptLog, k, len(k))
+			}
+			if !fn(binary.BigEndian.Uint64(k), len(v)) {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: log record sizes: %w (in %s)", err, s.path)
+	}
+	return nil
+}
