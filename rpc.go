@@ -31,6 +31,11 @@ const (
 	// methodVoter: body is a NodeID; the member replies with the index of
 	// its Raft configuration and whether the NodeID is a voter in it.
 	methodVoter uint8 = 6
+	// methodTransfer: body is the NodeID of a voter, or empty for any; the
+	// leader hands its leadership over (leadership.go) and replies once it
+	// has stepped down. A NodeID that is not a voter is refused with
+	// codeBadRequest.
+	methodTransfer uint8 = 8
 )
 
 // Error codes of the RPC replies.
@@ -114,6 +119,8 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 			return nil, &transport.Error{Code: codeBadRequest, Msg: "bad member ID"}
 		}
 		return s.voterReply(string(body)), nil
+	case methodTransfer:
+		return nil, s.handleTransfer(ctx, body)
 	}
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }
