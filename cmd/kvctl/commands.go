@@ -463,6 +463,7 @@ func list(e *env, args []string, o *opts) error {
 // revision after the last one it printed: nothing is missed or repeated.
 func watch(e *env, args []string, o *opts) error {
 	from := o.rev
+	var seen watchSeen
 	for attempt := 0; ; attempt++ {
 		q := url.Values{"prefix": {args[0]}}
 		if from > 0 {
@@ -475,7 +476,7 @@ func watch(e *env, args []string, o *opts) error {
 		if err != nil {
 			return err
 		}
-		next, broke, err := e.readWatch(r, from)
+		next, broke, err := e.readWatch(r, from, &seen)
 		if e.ctx.Err() != nil {
 			return nil
 		}
@@ -494,7 +495,15 @@ func watch(e *env, args []string, o *opts) error {
 
 // readWatch prints the stream's lines until it ends, and returns the
 // revision to resume from and why it ended; an error ends the watch.
-func (e *env) readWatch(r *reply, from uint64) (next uint64, why string, err error) {
+// watchSeen is the revision of the last event printed and the keys printed
+// at it: a stream resumed from that revision (to get the rest of a
+// transaction cut off) skips them.
+type watchSeen struct {
+	rev  uint64
+	keys map[string]bool
+}
+
+func (e *env) readWatch(r *reply, from uint64, seen *watchSeen) (next uint64, why string, err error) {
 	defer r.resp.Body.Close()
 	go func() {
 		<-e.ctx.Done()
@@ -522,8 +531,15 @@ func (e *env) readWatch(r *reply, from uint64) (next uint64, why string, err err
 			next = max(next, line.Rev+1)
 		case "put", "delete":
 			// A transaction's events share a revision: resume from it
-			// until a later one comes, so that it is sent whole again.
+			// until a later one comes, and skip what was printed.
 			next = max(next, line.ModRev)
+			if line.ModRev == seen.rev && seen.keys[line.Key] {
+				continue
+			}
+			if line.ModRev != seen.rev {
+				seen.rev, seen.keys = line.ModRev, map[string]bool{}
+			}
+			seen.keys[line.Key] = true
 		case "error":
 			if line.Status == http.StatusServiceUnavailable {
 				return next, line.Error, nil

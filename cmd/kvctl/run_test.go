@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // fake answers every request with status and body, and counts them.
@@ -95,4 +99,74 @@ func newTestFlagSet(g *globals, o *opts) *flag.FlagSet {
 	g.register(fs)
 	commands["put"].flags(fs, o)
 	return fs
+}
+
+// lockedBuffer is a strings.Builder safe for a reader and a writer.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A watch whose stream breaks resumes from the revision of the last event
+// it printed: the rest of a transaction cut off comes, and nothing is
+// printed twice.
+func TestWatch_ResumesWithoutGapOrRepeat(t *testing.T) {
+	var calls atomic.Int32
+	var froms []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		froms = append(froms, r.URL.Query().Get("from_rev"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		if calls.Add(1) == 1 {
+			// Revision 12 is a transaction of b and c, cut off after b.
+			fmt.Fprintln(w, `{"type":"progress","rev":10}`)
+			fmt.Fprintln(w, `{"type":"put","key":"a","value":"1","mod_rev":11}`)
+			fmt.Fprintln(w, `{"type":"put","key":"b","value":"2","mod_rev":12}`)
+			return
+		}
+		fmt.Fprintln(w, `{"type":"put","key":"b","value":"2","mod_rev":12}`)
+		fmt.Fprintln(w, `{"type":"put","key":"c","value":"3","mod_rev":12}`)
+		fmt.Fprintln(w, `{"type":"delete","key":"a","mod_rev":13}`)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"watch", "", "--endpoints", srv.URL}, strings.NewReader(""), &out, &errOut)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "DELETE a") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("watch ended with %d: %s", code, errOut.String())
+	}
+	want := "PUT a 1 (rev 11)\nPUT b 2 (rev 12)\nPUT c 3 (rev 12)\nDELETE a (rev 13)\n"
+	if got := out.String(); got != want {
+		t.Fatalf("watch printed\n%s\nwant\n%s", got, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(froms) != 2 || froms[0] != "" || froms[1] != "12" {
+		t.Fatalf("from_rev of the requests: %q, want none then 12", froms)
+	}
 }
