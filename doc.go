@@ -228,7 +228,8 @@
 //
 // Close is a stop, not a departure: a leader hands leadership to a follower
 // first, and the instance stays in the configuration, expected back. Leave is
-// the departure.
+// the departure. TransferLeadership moves the leadership on demand, to a
+// named voter or to any, from any member.
 //
 // # Caveats
 //

@@ -57,6 +57,11 @@ var (
 	// ErrWrongCluster is returned by Open when the members it was told to
 	// Join belong to another cluster than its DataDir. Clusters never merge.
 	ErrWrongCluster = errors.New("kv: members of another cluster")
+	// ErrNotVoter is wrapped by the error of TransferLeadership when the
+	// member named is not a voter in the Raft configuration (no member has
+	// that NodeID, or it is a non-voter), or, with no member named, when
+	// the leader is the only voter. Nothing changed.
+	ErrNotVoter = errors.New("kv: not a voter")
 	// ErrNewerFormat is wrapped by the halt error of a member whose Raft
 	// log holds an entry in a format newer than its version of this
 	// package reads: a member of a newer version wrote it. The member

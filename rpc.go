@@ -33,8 +33,13 @@ const (
 	methodVoter uint8 = 6
 	// methodCompact: the member compacts its own data file (handing its
 	// leadership over first if it leads) and replies when done with the
-	// outcome, sizes and timings (compact.go). Method 8 is taken.
+	// outcome, sizes and timings (compact.go).
 	methodCompact uint8 = 7
+	// methodTransfer: body is the NodeID of a voter, or empty for any; the
+	// leader hands its leadership over (leadership.go) and replies once it
+	// has stepped down. A NodeID that is not a voter is refused with
+	// codeBadRequest.
+	methodTransfer uint8 = 8
 )
 
 // Error codes of the RPC replies.
@@ -120,6 +125,8 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		return s.voterReply(string(body)), nil
 	case methodCompact:
 		return s.compactReply(ctx), nil
+	case methodTransfer:
+		return nil, s.handleTransfer(ctx, body)
 	}
 	return nil, &transport.Error{Code: codeBadRequest, Msg: fmt.Sprintf("unknown method %d", method)}
 }

@@ -55,6 +55,7 @@ func newAPI(store *kv.Store, timeout time.Duration) *api {
 	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
 	a.mux.HandleFunc("POST /api/compact", a.compact)
 	a.mux.HandleFunc("GET /health", a.health)
+	a.opsRoutes()
 	return a
 }
 
@@ -144,7 +145,8 @@ func (a *api) status(err error) int {
 	case errors.Is(err, kv.ErrCompacted):
 		return http.StatusGone
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge),
-		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrInvalidTTL), errors.Is(err, kv.ErrTxnTooLarge):
+		errors.Is(err, kv.ErrReservedKey), errors.Is(err, kv.ErrInvalidTxn), errors.Is(err, kv.ErrInvalidTTL), errors.Is(err, kv.ErrTxnTooLarge),
+		errors.Is(err, kv.ErrNotVoter):
 		return http.StatusBadRequest
 	case errors.Is(err, kv.ErrConflict):
 		return http.StatusConflict

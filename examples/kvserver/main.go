@@ -29,6 +29,10 @@
 //	POST   /api/lease/keepalive  {"id":N}                       -> {"id":N,"ttl":"10s"}; 404 when gone
 //	POST   /api/lease/revoke     {"id":N}                       -> {"success":true}; 404 when gone
 //	GET    /api/stats                                           -> state, leader, term, commit_index, applied_index, members
+//	GET    /api/members                                         -> {"members":[{"id":"node1","addr":...,"suffrage":"voter",...}]}
+//	GET    /api/backup[?stale=true]                             -> the whole data set (octet-stream); trailer Kv-Backup-Status: ok
+//	POST   /api/restore          (body: a backup)               -> {"success":true,"bytes":N}; on the leader only (else 503)
+//	POST   /api/transfer-leadership[?to=ID]                     -> {"success":true,"previous":"node1","leader":"node2"}
 //	GET    /health                                              -> 200 when a leader is known and this instance is caught up, else 503
 //
 // Errors are JSON {"error":"..."}: 400 bad input, 404 absent key or lease,
