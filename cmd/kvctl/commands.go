@@ -116,9 +116,9 @@ func str(m map[string]any, k string) string {
 	return fmt.Sprint(m[k])
 }
 
-// dbKeys are the fields of /api/stats that give the data size, when the
-// kvserver reports them.
-var dbKeys = []struct{ key, title string }{{"db_size", "DB SIZE"}, {"db_in_use", "DB IN USE"}}
+// dbKeys are the fields of /api/stats that give the data file's size, the
+// logical size of the data and the quota, when the kvserver reports them.
+var dbKeys = []struct{ key, title string }{{"db_size", "DB SIZE"}, {"db_in_use", "DB IN USE"}, {"data_bytes", "DATA"}, {"quota_bytes", "QUOTA"}}
 
 func status(e *env, _ []string, o *opts) error {
 	rows := make([]statsRow, len(e.c.endpoints))

@@ -403,6 +403,8 @@ func (a *api) statsHandler(w http.ResponseWriter, r *http.Request) {
 		"applied_index":       st.AppliedIndex,
 		"last_snapshot_index": st.LastSnapshotIndex,
 		"cluster_id":          st.ClusterID,
+		"data_bytes":          st.DataBytes,
+		"quota_bytes":         st.QuotaBytes,
 		"members":             members,
 	})
 }
