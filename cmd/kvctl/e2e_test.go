@@ -335,6 +335,12 @@ func TestKVCtl_E2E(t *testing.T) {
 		t.Fatalf("app/b after restore: %q", got)
 	}
 
+	// compact: every member's data file, the leader last.
+	if out := c.ok("compact", "--json", "--endpoints", all); !strings.Contains(out, `"success": true`) && !strings.Contains(out, `"success":true`) {
+		t.Fatalf("compact: %q", out)
+	}
+	c.waitFor("a leader after compact", 10*time.Second, func() bool { return leaderOf(c.statusJSON(all)) != "" })
+
 	// transfer-leadership to a follower: it leads.
 	old := leaderOf(c.statusJSON(all))
 	target := "node1"
@@ -377,9 +383,10 @@ func TestKVCtl_E2E(t *testing.T) {
 	if code != exitUnavailable || !strings.Contains(errOut, c.https[dead]) || !strings.Contains(errOut, unused) {
 		t.Fatalf("no endpoint reachable: exit %d %q, want 5 naming both", code, errOut)
 	}
-	// compact on a kvserver without /api/compact says so, or compacts.
+	// compact with a member down: the others are compacted, and the error
+	// says which was not.
 	_, errOut, code = c.kvctl("", "compact", "--endpoints", c.eps(rest...))
-	if code != 0 && !strings.Contains(errOut, "does not have this endpoint") {
-		t.Fatalf("compact: exit %d %q", code, errOut)
+	if code != exitError || !strings.Contains(errOut, "2 of 3 members compacted") || !strings.Contains(errOut, fmt.Sprintf("node%d", dead+1)) {
+		t.Fatalf("compact with a member down: exit %d %q", code, errOut)
 	}
 }
