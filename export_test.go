@@ -58,3 +58,6 @@ func SetSessionLimits(ttl time.Duration, max int) (restore func()) {
 	maxSessions.Store(uint64(max))
 	return func() { sessionTTL.Store(oldTTL); maxSessions.Store(oldMax) }
 }
+
+// Halt makes s halt with cause, as a failure of its storage would.
+func Halt(s *Store, cause error) { s.halt(cause) }
