@@ -60,10 +60,10 @@ func (s *Store) metricsState() (metrics.State, bool) {
 		_, leader := s.raft.LeaderWithID()
 		st.HasLeader = leader != ""
 		st.IsLeader = s.raft.State() == raft.Leader
-		if !st.IsLeader {
-			if t := s.raft.LastContact(); !t.IsZero() {
-				st.LastContact = time.Since(t)
-			}
+		if st.IsLeader {
+			st.LastContact = 0
+		} else if t := s.raft.LastContact(); !t.IsZero() {
+			st.LastContact = time.Since(t)
 		}
 	}
 	for _, m := range s.Members() {

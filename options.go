@@ -324,7 +324,8 @@ type Config struct {
 	// Series, all named cohortkv_*:
 	//   - has_leader, is_leader, halted (gauges, 0 or 1), raft_term,
 	//     commit_index, applied_index (gauges), raft_last_contact_seconds
-	//     (gauge, on a follower: time since the leader last contacted it);
+	//     (gauge: time since the leader last contacted this member, 0 on
+	//     the leader);
 	//   - leader_changes_seen_total (counter: changes to a leader other
 	//     than the last one this member knew);
 	//   - writes_total{result="ok|conflict|error"} (counter: write calls on

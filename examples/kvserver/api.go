@@ -11,6 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	kv "github.com/cohortkv/kv"
 )
 
@@ -55,6 +58,12 @@ func newAPI(store *kv.Store, timeout time.Duration) *api {
 	a.mux.HandleFunc("GET /api/stats", a.statsHandler)
 	a.mux.HandleFunc("GET /health", a.health)
 	return a
+}
+
+// serveMetrics serves g's metrics at GET /metrics, in Prometheus's text
+// format (or OpenMetrics, when the scraper asks for it).
+func (a *api) serveMetrics(g prometheus.Gatherer) {
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 }
 
 func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -65,7 +65,8 @@ type State struct {
 	CommitIndex  uint64
 	AppliedIndex uint64
 	// LastContact is how long ago the leader last contacted this
-	// follower; negative when unknown (never, or this member leads).
+	// member, 0 on the leader itself; negative when unknown (a follower
+	// the leader never contacted, or a halted member).
 	LastContact time.Duration
 	DBSize      int64 // the data file's size, bytes
 	DBInUse     int64 // DBSize less its free pages
