@@ -94,9 +94,9 @@ type Bolt struct {
 	// The file's size and the part of it in use, as of the last commit by
 	// the committer (or the open, or an Install): see FileSize.
 	size, inUse atomic.Int64
-	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
-	cache   *readCache
-	staged  atomic.Pointer[boltStaged] // the one staged restore, if any
+	gen         atomic.Uint64 // bumped by every commit and Restore, for cache
+	cache       *readCache
+	staged      atomic.Pointer[boltStaged] // the one staged restore, if any
 
 	// Snapshots open on each file handle, and the handles a Restore
 	// replaced while snapshots still read them: the last Release closes
