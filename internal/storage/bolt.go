@@ -91,12 +91,13 @@ type Bolt struct {
 
 	applied atomic.Uint64 // the last Update, in memory
 	durable atomic.Uint64 // the applied index the file records
+	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
+	cache   *readCache
+	staged  atomic.Pointer[boltStaged] // the one staged restore, if any
+
 	// The file's size and the part of it in use, as of the last commit by
 	// the committer (or the open, or an Install): see FileSize.
 	size, inUse atomic.Int64
-	gen         atomic.Uint64 // bumped by every commit and Restore, for cache
-	cache       *readCache
-	staged      atomic.Pointer[boltStaged] // the one staged restore, if any
 
 	// Snapshots open on each file handle, and the handles a Restore
 	// replaced while snapshots still read them: the last Release closes
