@@ -60,9 +60,12 @@ func (s *Store) metricsState() (metrics.State, bool) {
 		_, leader := s.raft.LeaderWithID()
 		st.HasLeader = leader != ""
 		st.IsLeader = s.raft.State() == raft.Leader
-		if st.IsLeader {
+		switch t := s.raft.LastContact(); {
+		case st.IsLeader:
 			st.LastContact = 0
-		} else if t := s.raft.LastContact(); !t.IsZero() {
+		case t.IsZero(): // never: since this start
+			st.LastContact = time.Since(time.Unix(0, s.started))
+		default:
 			st.LastContact = time.Since(t)
 		}
 	}

@@ -324,8 +324,8 @@ type Config struct {
 	// Series, all named cohortkv_*:
 	//   - has_leader, is_leader, halted (gauges, 0 or 1), raft_term,
 	//     commit_index, applied_index (gauges), raft_last_contact_seconds
-	//     (gauge: time since the leader last contacted this member, 0 on
-	//     the leader);
+	//     (gauge: time since a leader last contacted this member, or since
+	//     it started if none has; 0 on the leader);
 	//   - leader_changes_seen_total (counter: changes to a leader other
 	//     than the last one this member knew);
 	//   - writes_total{result="ok|conflict|error"} (counter: write calls on

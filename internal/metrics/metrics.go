@@ -64,9 +64,9 @@ type State struct {
 	Term         uint64
 	CommitIndex  uint64
 	AppliedIndex uint64
-	// LastContact is how long ago the leader last contacted this
-	// member, 0 on the leader itself; negative when unknown (a follower
-	// the leader never contacted, or a halted member).
+	// LastContact is how long ago a leader last contacted this member
+	// (since it started, if none has), 0 on the leader itself; negative
+	// when not reported (a halted member).
 	LastContact time.Duration
 	DBSize      int64 // the data file's size, bytes
 	DBInUse     int64 // DBSize less its free pages

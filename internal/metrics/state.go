@@ -24,7 +24,7 @@ func newStateCollector(labels prometheus.Labels, read func() (State, bool)) *sta
 		term:        d("raft_term", "The current Raft term as this member knows it."),
 		commit:      d("commit_index", "The last Raft log index this member knows to be committed."),
 		applied:     d("applied_index", "The last Raft log index the data on this member reflects."),
-		lastContact: d("raft_last_contact_seconds", "Time since the leader last contacted this member; 0 on the leader. Absent on a follower the leader has not contacted yet, and on a halted member."),
+		lastContact: d("raft_last_contact_seconds", "Time since a leader last contacted this member (since it started, if none has); 0 on the leader. Absent on a halted member."),
 		dbSize:      d("db_size_bytes", "Size of the data file (bbolt), in bytes; 0 in memory."),
 		dbInUse:     d("db_size_in_use_bytes", "Bytes of the data file in use: its size less its free pages."),
 		quota:       d("quota_bytes", "The space quota of the data, in bytes; 0 when there is none."),
