@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/cohortkv/kv/internal/metrics"
 	"github.com/cohortkv/kv/internal/storage"
 )
 
@@ -103,8 +104,7 @@ func newRemoteWrite(cmds []command) *pendingWrite {
 func (w *pendingWrite) answer(err error) {
 	w.release()
 	if w.fut != nil {
-		w.fut.err = err
-		close(w.fut.done)
+		w.fut.finish(err)
 		return
 	}
 	w.done <- err
@@ -632,11 +632,13 @@ func (p *pipeline) issue(batch []*pendingWrite) {
 	// The goroutine that waits for Raft's answer starts first: once Close
 	// has begun none can, and then the batch is not sent at all.
 	fc := make(chan raft.ApplyFuture, 1)
+	t0 := p.s.met.now()
 	if !p.s.goRaft(func() {
 		f := <-fc
 		err := f.Error()
 		var resp any
 		if err == nil {
+			p.s.met.since(metrics.RaftCommit, t0)
 			resp = f.Response()
 			if p.loseApplied.Load() > 0 && p.loseApplied.Add(-1) >= 0 {
 				err, resp = raft.ErrLeadershipLost, nil

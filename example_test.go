@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -8,11 +9,17 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	kv "github.com/cohortkv/kv"
 	"github.com/cohortkv/kv/kvtest"
@@ -782,4 +789,46 @@ func ExampleStore_Compact() {
 	pairs, err := s.List(ctx, "job/")
 	fmt.Println(len(pairs), err)
 	// Output: 1 <nil>
+}
+
+// Config.Metrics takes a Prometheus registry of your own; serve it with
+// promhttp. Every series is labelled with the Store's NodeID.
+func ExampleConfig_metrics() {
+	reg := prometheus.NewRegistry()
+	s, err := kv.Open(kv.Config{NodeID: "node1", InMemory: true, Metrics: reg})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := s.Set(ctx, "greeting", []byte("hello")); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// In a program: http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "cohortkv_has_leader") || strings.HasPrefix(line, `cohortkv_writes_total{node="node1",result="ok"}`) {
+			fmt.Println(line)
+		}
+	}
+	// Output:
+	// cohortkv_has_leader{node="node1"} 1
+	// cohortkv_writes_total{node="node1",result="ok"} 1
 }

@@ -93,3 +93,6 @@ func SetTrailingBoundOff() (restore func()) {
 	noTrailingBound.Store(true)
 	return func() { noTrailingBound.Store(false) }
 }
+
+// Halt makes s halt with cause, as a failure of its storage would.
+func Halt(s *Store, cause error) { s.halt(cause) }

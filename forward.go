@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cohortkv/kv/internal/metrics"
 )
 
 // Forwarding: on a follower, the write pipeline (batch.go) sends each batch
@@ -138,7 +140,11 @@ func (p *pipeline) call(groups [][]command) forwardResult {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, forwardTimeout)
 	defer cancel()
+	t0 := s.met.now()
 	body, err := s.pool.CallAbort(ctx, abort, s.cfg.HeartbeatTimeout, addr, methodApply, cmd)
+	if err == nil {
+		s.met.since(metrics.Forward, t0)
+	}
 	if err != nil {
 		out, retry := fromWire(err)
 		return forwardResult{err: out, retry: retry}

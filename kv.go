@@ -23,6 +23,7 @@ import (
 	"github.com/cohortkv/kv/internal/discovery"
 	"github.com/cohortkv/kv/internal/hooks"
 	"github.com/cohortkv/kv/internal/logging"
+	"github.com/cohortkv/kv/internal/metrics"
 	"github.com/cohortkv/kv/internal/storage"
 	"github.com/cohortkv/kv/internal/transport"
 )
@@ -105,6 +106,8 @@ type Store struct {
 	restoreOwn   atomic.Pointer[restoreID]
 	restoreHook  func(step string, n int)
 	restoreChunk int
+
+	met *storeMetrics // nil without Config.Metrics
 }
 
 // boltOptions are the options of every data file; tests change them
@@ -151,6 +154,7 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{cfg: cfg, logger: logger, ctx: ctx, cancel: cancel, raftStop: make(chan struct{}), leaderChanged: make(chan struct{}), halter: newHalter()}
 	s.pipe = newPipeline(s)
 	s.health = newHealth()
+	s.met = newMetrics(s)
 	if err := s.open(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -179,6 +183,7 @@ func (s *Store) open() error {
 		}
 		bopts := boltOptions
 		bopts.Logger = s.logger
+		bopts.ObserveCommit = s.met.observer(metrics.DataCommit)
 		eng, err := storage.OpenBolt(filepath.Join(cfg.DataDir, "data.db"), bopts)
 		if err != nil {
 			return err
@@ -186,6 +191,7 @@ func (s *Store) open() error {
 		s.eng = eng
 		lopts := logStoreOptions
 		lopts.Logger = s.logger
+		lopts.ObserveAppend = s.met.observer(metrics.LogFsync)
 		s.logs, err = storage.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db"), lopts)
 		if err != nil {
 			return err
@@ -323,7 +329,11 @@ func (s *Store) open() error {
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
 	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }, sizes: s.sizes}
 	s.rlog = logStore
-	s.raft, err = raft.NewRaft(rc, s.fsm, rs, rs, s.snaps, gate)
+	var rfsm raft.FSM = s.fsm
+	if s.met != nil {
+		rfsm = &timedFSM{fsm: s.fsm, met: s.met}
+	}
+	s.raft, err = raft.NewRaft(rc, rfsm, rs, rs, s.snaps, gate)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
@@ -347,10 +357,14 @@ func (s *Store) open() error {
 	s.raft.RegisterObserver(observer)
 	s.goFunc(func() {
 		defer s.raft.DeregisterObserver(observer)
+		var leader raft.ServerID // as last observed
 		for {
 			select {
 			case o := <-obs:
-				s.logLeader(o.Data.(raft.LeaderObservation))
+				lo := o.Data.(raft.LeaderObservation)
+				s.logLeader(lo)
+				s.met.leaderSeen(leader, lo.LeaderID)
+				leader = lo.LeaderID
 				s.leaderMu.Lock()
 				close(s.leaderChanged)
 				s.leaderChanged = make(chan struct{})
@@ -370,7 +384,7 @@ func (s *Store) open() error {
 	s.goRaft(s.leaderLoop)
 	s.goFunc(s.expireLoop)
 	s.goRaft(s.snapshotLoop)
-	return nil
+	return s.registerMetrics()
 }
 
 // gossipTransport is nil (memberlist's own) unless Config.WrapGossipTransport
@@ -592,16 +606,19 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// shutdown runs in this order: stop accepting calls; hand off leadership;
-// answer forwarded calls that still arrive with "closed" until they stop,
-// then close the RPC server; wait for the goroutines that wait on raft
-// futures; stop raft; stop gossip; close the transport; wait for the other
-// goroutines; close the files.
+// shutdown runs in this order: stop accepting calls; unregister the
+// metrics; hand off leadership; answer forwarded calls that still arrive
+// with "closed" until they stop, then close the RPC server; wait for the
+// goroutines that wait on raft futures; stop raft; stop gossip; close the
+// transport; wait for the other goroutines; close the files.
 func (s *Store) shutdown() error {
 	s.lifeMu.Lock()
 	s.closing = true
 	s.lifeMu.Unlock()
 	s.cancel()
+	// A scrape in progress may still read the Store: metricsState is safe
+	// at every step below.
+	s.met.unregister()
 
 	var errs []error
 	if s.abrupt.Load() {

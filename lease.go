@@ -75,7 +75,8 @@ const (
 //
 // Grant is a write: its errors are Set's. ttl must be positive (it is
 // rounded up to a whole millisecond) and at most ten years.
-func (s *Store) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
+func (s *Store) Grant(ctx context.Context, ttl time.Duration) (_ LeaseID, err error) {
+	defer s.met.wroteAt(&err)
 	ms, err := ttlMillis(ttl)
 	if err != nil {
 		return 0, err
@@ -92,7 +93,8 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
 // it well within the TTL (a third of it, say): each renewal is a write
 // through Raft. An error wrapping ErrLeaseNotFound means the lease is gone
 // and its keys are deleted or being deleted; other errors are Set's.
-func (s *Store) KeepAlive(ctx context.Context, id LeaseID) (time.Duration, error) {
+func (s *Store) KeepAlive(ctx context.Context, id LeaseID) (_ time.Duration, err error) {
+	defer s.met.wroteAt(&err)
 	if id <= 0 {
 		return 0, fmt.Errorf("%w: lease %d", ErrLeaseNotFound, id)
 	}
@@ -107,11 +109,12 @@ func (s *Store) KeepAlive(ctx context.Context, id LeaseID) (time.Duration, error
 // error wrapping ErrLeaseNotFound means the lease did not exist (a Revoke
 // that is retried after its answer was lost gets the first answer, not
 // this error); other errors are Set's.
-func (s *Store) Revoke(ctx context.Context, id LeaseID) error {
+func (s *Store) Revoke(ctx context.Context, id LeaseID) (err error) {
+	defer s.met.wroteAt(&err)
 	if id <= 0 {
 		return fmt.Errorf("%w: lease %d", ErrLeaseNotFound, id)
 	}
-	_, err := s.leaseCmd(ctx, cmdRevoke, uint64(id))
+	_, err = s.leaseCmd(ctx, cmdRevoke, uint64(id))
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"context"
 	"fmt"
@@ -340,6 +341,49 @@ type Config struct {
 	// injection on gossip traffic, as Dial is for the transport. kvtest
 	// uses both. nil means memberlist's transport as it is.
 	WrapGossipTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
+
+	// Metrics, when set, receives this Store's Prometheus collectors at
+	// Open; Close unregisters them, so that a Store reopened with the same
+	// NodeID registers again. nil (the default): no metrics. Pass your own
+	// registry (prometheus.NewRegistry, or prometheus.DefaultRegisterer if
+	// you want them there); the Store never touches Prometheus's default
+	// registry by itself. Every series carries the constant label node =
+	// NodeID, so several Stores can register into one registry; Open fails
+	// with an error wrapping ErrInvalidConfig if metrics of a Store with
+	// this NodeID are already registered there.
+	//
+	// Series, all named cohortkv_*:
+	//   - has_leader, is_leader, halted (gauges, 0 or 1), raft_term,
+	//     commit_index, applied_index (gauges), raft_last_contact_seconds
+	//     (gauge: time since a leader last contacted this member, or since
+	//     it started if none has; 0 on the leader);
+	//   - leader_changes_seen_total (counter: changes to a leader other
+	//     than the last one this member knew);
+	//   - writes_total{result="ok|conflict|error"} (counter: write calls on
+	//     this member, the async forms and lease calls included; conflict
+	//     is an ErrConflict outcome), reads_total{consistency=
+	//     "linearizable|stale"} (counter: read calls on this member);
+	//   - histograms, in seconds: log_fsync_duration_seconds (a Raft log
+	//     append with its fdatasync), data_commit_duration_seconds (a
+	//     commit of the data file with its fsync), snapshot_duration_seconds
+	//     (a state machine snapshot taken and persisted),
+	//     forward_duration_seconds (a write batch a follower forwards, round
+	//     trip to the leader), read_index_duration_seconds (obtaining the
+	//     read index of a linearizable read), fsm_apply_duration_seconds (a
+	//     batch of committed entries applied), raft_commit_duration_seconds
+	//     (on the leader: an entry handed to Raft until its result);
+	//   - db_size_bytes, db_size_in_use_bytes (gauges: the data file's size,
+	//     and that less its free pages; 0 in memory), quota_bytes (gauge:
+	//     the space quota, 0 for none), members{status="alive|suspect|dead|
+	//     left"} (gauge: members by gossip status, as Members reports them).
+	//
+	// Gauges are read when the registry is scraped, cheaply and without
+	// blocking on the network. hashicorp/raft and memberlist emit metrics
+	// of their own through hashicorp/go-metrics' global sink; the Store
+	// leaves that global state alone, and measures the figures operators
+	// take from it (last contact, FSM apply time, commit time, term)
+	// itself. docs/operations.md lists what to alert on.
+	Metrics prometheus.Registerer
 }
 
 // withDefaults returns a copy of c with defaults filled in, or an error

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/cohortkv/kv/internal/metrics"
 	"github.com/cohortkv/kv/internal/storage"
 	"github.com/cohortkv/kv/internal/transport"
 )
@@ -34,10 +35,11 @@ func (s *Store) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte
 
 // lookup reads the record of key; its value is the caller's, never nil.
 func (s *Store) lookup(ctx context.Context, key string, opts []ReadOption) (record, error) {
+	ro := collect(opts)
+	s.met.read(ro.stale)
 	if err := s.validate(key, nil); err != nil {
 		return record{}, err
 	}
-	ro := collect(opts)
 	if !ro.stale {
 		if err := s.linearize(ctx); err != nil {
 			return record{}, err
@@ -107,10 +109,11 @@ func cloneValue(v []byte) []byte {
 // order, on one view of the data, until add returns Limit; it returns the
 // applied index of that view.
 func (s *Store) scan(ctx context.Context, prefix string, opts []ReadOption, add func(k []byte, r record) int) (uint64, error) {
+	ro := collect(opts)
+	s.met.read(ro.stale)
 	if err := s.usable(); err != nil {
 		return 0, err
 	}
-	ro := collect(opts)
 	if !ro.stale {
 		if err := s.linearize(ctx); err != nil {
 			return 0, err
@@ -176,8 +179,10 @@ func (s *Store) linearize(ctx context.Context) error {
 		if err := s.usable(); err != nil {
 			return err
 		}
+		t0 := s.met.now()
 		idx, err := s.readIndex(ctx)
 		if err == nil {
+			s.met.since(metrics.ReadIndex, t0)
 			if err := s.waitApplied(ctx, idx); err != nil {
 				return err
 			}

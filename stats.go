@@ -69,6 +69,14 @@ type Stats struct {
 	// shutdown): the text of the error every call on it returns. Empty
 	// while it runs.
 	Halted string
+	// DBSize is the size of the data file in bytes, as of its last
+	// background commit (about every second while writes arrive); 0 in
+	// memory. It includes free pages that bbolt reuses but never returns
+	// to the file system.
+	DBSize int64
+	// DBInUse is DBSize less the data file's free pages: the bytes the
+	// data, its indexes and the pages held for open readers occupy.
+	DBInUse int64
 }
 
 // Stats returns this instance's current view. It does not block on the
@@ -78,6 +86,7 @@ func (s *Store) Stats() Stats {
 	if s.isClosed() {
 		return st
 	}
+	st.DBSize, st.DBInUse = s.eng.FileSize()
 	if err := s.halter.halted(); err != nil {
 		st.Halted = err.Error()
 		st.AppliedIndex = s.eng.AppliedIndex()

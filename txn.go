@@ -133,7 +133,8 @@ func conflictOf(key string, res cmdResult) error {
 // of key (a Set, say) leaves key at that revision too. A ModRev read with
 // GetEntry is always that of key's last write; compare against one read
 // back when writes that compare no ModRev may also change key.
-func (s *Store) CompareAndSet(ctx context.Context, key string, value []byte, modRev uint64) (uint64, error) {
+func (s *Store) CompareAndSet(ctx context.Context, key string, value []byte, modRev uint64) (_ uint64, err error) {
+	defer s.met.wroteAt(&err)
 	if err := s.validate(key, value); err != nil {
 		return 0, err
 	}
@@ -152,7 +153,8 @@ func (s *Store) CompareAndSet(ctx context.Context, key string, value []byte, mod
 // it succeeds, deleting nothing, when key is absent. When key is at another
 // revision nothing is written and the error is a *ConflictError (see
 // CompareAndSet). Other errors are Delete's.
-func (s *Store) CompareAndDelete(ctx context.Context, key string, modRev uint64) error {
+func (s *Store) CompareAndDelete(ctx context.Context, key string, modRev uint64) (err error) {
+	defer s.met.wroteAt(&err)
 	if err := s.validate(key, nil); err != nil {
 		return err
 	}
@@ -192,18 +194,32 @@ func (s *Store) newTxnWrite(cond Cond, op Op, key string) *pendingWrite {
 // neither branch runs). A transaction without writes in either branch is a
 // read: it is served as a linearizable Get is. Other errors are Set's.
 func (s *Store) Txn(ctx context.Context, t Txn) (TxnResult, error) {
+	c := command{kind: cmdTxn, conds: t.If, then: t.Then, els: t.Else}
+	if !c.writes() {
+		s.met.read(false)
+		if err := s.usable(); err != nil {
+			return TxnResult{}, err
+		}
+		if err := s.validateCmd(&c); err != nil {
+			return TxnResult{}, err
+		}
+		return s.readTxn(ctx, &c)
+	}
+	res, err := s.writeTxn(ctx, &c)
+	s.met.wrote(err)
+	return res, err
+}
+
+// writeTxn is Txn for a transaction that writes in a branch.
+func (s *Store) writeTxn(ctx context.Context, c *command) (TxnResult, error) {
 	if err := s.usable(); err != nil {
 		return TxnResult{}, err
 	}
-	c := command{kind: cmdTxn, conds: t.If, then: t.Then, els: t.Else}
-	if err := s.validateCmd(&c); err != nil {
+	if err := s.validateCmd(c); err != nil {
 		return TxnResult{}, err
 	}
-	if !c.writes() {
-		return s.readTxn(ctx, &c)
-	}
 	w := &pendingWrite{}
-	w.one[0] = c
+	w.one[0] = *c
 	w.cmds = w.one[:]
 	w.size, w.nops = c.size(), c.count()
 	res, err := s.writeCmd(ctx, w)

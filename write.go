@@ -33,7 +33,8 @@ import (
 //
 // Options attach the key to a lease (WithLease) or give it a TTL of its own
 // (TTL); a write without them detaches the key from any lease it had.
-func (s *Store) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
+func (s *Store) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) (err error) {
+	defer s.met.wroteAt(&err)
 	if err := s.validate(key, value); err != nil {
 		return err
 	}
@@ -51,10 +52,11 @@ func (s *Store) Set(ctx context.Context, key string, value []byte, opts ...Write
 // Delete removes key. Deleting an absent key is not an error. Its errors
 // and ordering are those of Set.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	if err := s.validate(key, nil); err != nil {
-		return err
+	err := s.validate(key, nil)
+	if err == nil {
+		_, err = s.writeCmd(ctx, newOpWrite(Op{kind: opDelete, key: key}))
 	}
-	_, err := s.writeCmd(ctx, newOpWrite(Op{kind: opDelete, key: key}))
+	s.met.wrote(err)
 	return err
 }
 
@@ -68,7 +70,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 // issued them, whether or not it waits for their futures in between.
 func (s *Store) SetAsync(key string, value []byte) *Future {
 	if err := s.validate(key, value); err != nil {
-		return failedFuture(err)
+		return s.refused(err)
 	}
 	return s.async(newOpWrite(Op{kind: opSet, key: key, value: value}))
 }
@@ -77,7 +79,7 @@ func (s *Store) SetAsync(key string, value []byte) *Future {
 // the write before it returns, in order with the goroutine's other writes.
 func (s *Store) DeleteAsync(key string) *Future {
 	if err := s.validate(key, nil); err != nil {
-		return failedFuture(err)
+		return s.refused(err)
 	}
 	return s.async(newOpWrite(Op{kind: opDelete, key: key}))
 }
@@ -86,6 +88,7 @@ func (s *Store) DeleteAsync(key string) *Future {
 type Future struct {
 	done chan struct{}
 	err  error
+	met  *storeMetrics // counts the outcome; nil without metrics
 }
 
 // Done returns a channel closed once the write is committed and applied, or
@@ -111,12 +114,25 @@ func failedFuture(err error) *Future {
 	return f
 }
 
+// refused is the Future of an async write refused before it was queued.
+func (s *Store) refused(err error) *Future {
+	s.met.wrote(err)
+	return failedFuture(err)
+}
+
+// finish records the outcome of an async write and wakes its waiters.
+func (f *Future) finish(err error) {
+	f.err = err
+	f.met.wrote(err)
+	close(f.done)
+}
+
 // async queues w, before it returns, for at most AsyncWriteTimeout.
 func (s *Store) async(w *pendingWrite) *Future {
-	w.fut = &Future{done: make(chan struct{})}
+	w.fut = &Future{done: make(chan struct{}), met: s.met}
 	w.deadline = time.Now().Add(s.cfg.AsyncWriteTimeout)
 	if !s.pipe.submit(w) {
-		return failedFuture(ErrClosed)
+		return s.refused(ErrClosed)
 	}
 	return w.fut
 }

@@ -11,6 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	kv "github.com/cohortkv/kv"
 )
 
@@ -57,6 +60,12 @@ func newAPI(store *kv.Store, timeout time.Duration) *api {
 	a.mux.HandleFunc("GET /health", a.health)
 	a.opsRoutes()
 	return a
+}
+
+// serveMetrics serves g's metrics at GET /metrics, in Prometheus's text
+// format (or OpenMetrics, when the scraper asks for it).
+func (a *api) serveMetrics(g prometheus.Gatherer) {
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 }
 
 func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -403,6 +412,8 @@ func (a *api) statsHandler(w http.ResponseWriter, r *http.Request) {
 		"applied_index":       st.AppliedIndex,
 		"last_snapshot_index": st.LastSnapshotIndex,
 		"cluster_id":          st.ClusterID,
+		"db_size":             st.DBSize,
+		"db_in_use":           st.DBInUse,
 		"data_bytes":          st.DataBytes,
 		"quota_bytes":         st.QuotaBytes,
 		"members":             members,

@@ -34,6 +34,10 @@
 //	POST   /api/restore          (body: a backup)               -> {"success":true,"bytes":N}; on the leader only (else 503)
 //	POST   /api/transfer-leadership[?to=ID]                     -> {"success":true,"previous":"node1","leader":"node2"}
 //	GET    /health                                              -> 200 when a leader is known and this instance is caught up, else 503
+//	GET    /metrics                                             -> Prometheus metrics: the Store's cohortkv_*, Go's and the process's
+//
+// alerts.yml holds Prometheus alert rules on those metrics, and
+// grafana-dashboard.json a dashboard.
 //
 // Errors are JSON {"error":"..."}: 400 bad input, 404 absent key or lease,
 // or no such endpoint, 405 wrong method, 409 compare failed, 410 a watch
@@ -59,6 +63,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	kv "github.com/cohortkv/kv"
 )
@@ -282,12 +289,17 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("http: %w", err)
 	}
+	// A registry of our own, not Prometheus's global default one.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Metrics = reg
 	store, err := kv.Open(cfg)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	api := newAPI(store, o.timeout)
+	api.serveMetrics(reg)
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -63,6 +63,10 @@ type BoltOptions struct {
 	// after a crash up to this much of the log is applied again. 0 means
 	// 1 s.
 	CommitInterval time.Duration
+	// ObserveCommit, when set, is called with the duration of every commit
+	// of the file that succeeds (the bbolt transaction with its fsync). It
+	// must not block.
+	ObserveCommit func(time.Duration)
 }
 
 // Bolt is an Engine on one bbolt file: data larger than memory, with the
@@ -105,6 +109,10 @@ type Bolt struct {
 	gen     atomic.Uint64 // bumped by every commit and Restore, for cache
 	cache   *readCache
 	staged  atomic.Pointer[boltStaged] // the one staged restore, if any
+
+	// The file's size and the part of it in use, as of the last commit by
+	// the committer (or the open, or an Install): see FileSize.
+	size, inUse atomic.Int64
 
 	// Snapshots open on each file handle, and the handles a Restore
 	// replaced while snapshots still read them: the last Release closes
@@ -155,6 +163,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		e.db.Close()
 		return nil, err
 	}
+	e.noteSize(e.db)
 	go e.committer()
 	return e, nil
 }
@@ -500,10 +509,41 @@ func (e *Bolt) committer() {
 		}
 		e.wmu.Unlock()
 		e.fmu.Lock()
-		_ = e.commitFlushing() // on failure it stays, and is retried
+		e.mu.RLock()
+		committing := e.flushing != nil
+		e.mu.RUnlock()
+		err := e.commitFlushing() // on failure it stays, and is retried
 		e.fmu.Unlock()
+		if committing && err == nil {
+			e.mu.RLock()
+			db, closed := e.db, e.closed || e.broken != nil
+			e.mu.RUnlock()
+			if !closed {
+				// Only the committer commits or closes db while it runs
+				// (an Install replaces it under fmu: then a read of the
+				// old handle fails, harmlessly).
+				e.noteSize(db)
+			}
+		}
 	}
 }
+
+// noteSize records the size of db's file and the bytes of it in use. No
+// lock of the engine may be held: it begins a read transaction.
+func (e *Bolt) noteSize(db *bolt.DB) {
+	var size int64
+	if db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) != nil {
+		return
+	}
+	free := int64(db.Stats().FreePageN) * int64(db.Info().PageSize)
+	e.size.Store(size)
+	e.inUse.Store(max(size-free, 0))
+}
+
+// FileSize implements Engine: the file's size and the bytes of it in use
+// (its size less its free pages), as of the last commit of the background
+// committer. It never blocks.
+func (e *Bolt) FileSize() (size, inUse int64) { return e.size.Load(), e.inUse.Load() }
 
 // swap makes the pending layer the one to commit. The caller holds wmu, and
 // no layer is being committed.
@@ -528,6 +568,7 @@ func (e *Bolt) commitFlushing() error {
 	// file remaps it, and the remap, and every Begin after it, would wait
 	// for the snapshot's transaction.
 	e.gate.Lock()
+	start := time.Now()
 	err := e.guard(func() error {
 		return db.Update(func(tx *bolt.Tx) error {
 			file := e.tx(tx)
@@ -549,6 +590,9 @@ func (e *Bolt) commitFlushing() error {
 		})
 	})
 	e.gate.Unlock()
+	if err == nil && e.opts.ObserveCommit != nil {
+		e.opts.ObserveCommit(time.Since(start))
+	}
 	if err == nil {
 		// Before the layer goes: until then readers take these keys from
 		// it, and from then on the cache must answer for them with what
@@ -990,6 +1034,9 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 		if applied, err = e.readApplied(db); err != nil {
 			db.Close()
 		}
+	}
+	if err == nil {
+		e.noteSize(db) // no one else has db yet: nothing to wait for
 	}
 	e.mu.Lock()
 	if err != nil {

@@ -47,6 +47,11 @@ type Engine interface {
 	// staged at a time: Stage and Restore discard an earlier staged one,
 	// whose Install then fails. The stream's index is ignored.
 	Stage(r io.Reader) (Staged, error)
+	// FileSize returns the size of the data file and the bytes of it in use
+	// (its size less its free pages), as recently as the implementation
+	// knows them; 0, 0 for an engine without a file. It never blocks, and
+	// is safe after Close.
+	FileSize() (size, inUse int64)
 	// Close releases the engine. It is idempotent.
 	Close() error
 }

@@ -111,6 +111,8 @@ type LogStore struct {
 
 	// state holds raft's term and vote (state.go).
 	state *stateFile
+
+	observe func(time.Duration) // LogStoreOptions.ObserveAppend
 }
 
 // readMapped counts n bytes read through the mapping of tx and, every
@@ -140,6 +142,10 @@ type LogStoreOptions struct {
 	// Logger receives the store's own messages (a compaction at open).
 	// nil discards them.
 	Logger *slog.Logger
+	// ObserveAppend, when set, is called with the duration of every
+	// StoreLogs that succeeds: the append and its fdatasync, without the
+	// wait for an earlier append. It must not block.
+	ObserveAppend func(time.Duration)
 }
 
 var (
@@ -179,7 +185,7 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	// A file without a synced freelist made bolt.Open read every page: drop
 	// them from resident memory (see releaseMapped).
 	_ = releaseMapped(path, db.Info().Data)
-	s := &LogStore{db: db, path: path}
+	s := &LogStore{db: db, path: path, observe: opts.ObserveAppend}
 	s.state, err = openStateFile(path+".state", db, opts.NoSync)
 	if err != nil {
 		_ = db.Close()
@@ -525,6 +531,10 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if s.shut {
 		return ErrClosed
 	}
+	var start time.Time
+	if s.observe != nil {
+		start = time.Now()
+	}
 	if s.tail != nil {
 		ok, err := s.appendTail(logs)
 		if err != nil {
@@ -532,6 +542,9 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 				len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
 		}
 		if ok {
+			if s.observe != nil {
+				s.observe(time.Since(start))
+			}
 			return nil
 		}
 		// Larger than the tail: straight into the bbolt file.
@@ -566,6 +579,9 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if err != nil {
 		return s.noteFull(fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
 			len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
+	}
+	if s.observe != nil {
+		s.observe(time.Since(start))
 	}
 	return nil
 }

@@ -169,6 +169,9 @@ func (s *memStaged) Discard() {
 	s.tree = nil
 }
 
+// FileSize implements Engine: there is no file.
+func (m *Memory) FileSize() (size, inUse int64) { return 0, 0 }
+
 // Close implements Engine.
 func (m *Memory) Close() error {
 	m.wmu.Lock()

@@ -10,6 +10,9 @@
 #   node dockerfile.mjs     the Dockerfile with dockerfile-utils
 #                           (both with node and npm: npm install here first)
 #   hadolint                the Dockerfile, where hadolint is installed
+#   promtool                alerts.yml (check rules) and its unit tests,
+#                           alerts_test.yml (test rules)
+#                           (Debian: prometheus; .ci/run installs it in CI)
 #   run-local.sh and this script, with ShellCheck
 #
 #   examples/kvserver/validate/check.sh
@@ -58,6 +61,13 @@ if command -v hadolint >/dev/null; then
   run "Dockerfile: hadolint" hadolint "$kvserver/Dockerfile"
 else
   skip "hadolint" "not installed"
+fi
+
+if command -v promtool >/dev/null; then
+  run "alerts.yml: promtool check rules" promtool check rules "$kvserver/alerts.yml"
+  run "alerts.yml: promtool test rules" promtool test rules "$kvserver/alerts_test.yml"
+else
+  skip "promtool (alerts.yml)" "not installed"
 fi
 
 if command -v shellcheck >/dev/null; then
