@@ -166,6 +166,13 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 		return CompactStats{}, ErrCompacting
 	}
 	defer e.compacting.Store(false)
+	e.cmu.Lock() // Close waits for it
+	defer e.cmu.Unlock()
+	select {
+	case <-e.stop:
+		return CompactStats{}, fmt.Errorf("storage: compact %s: %w", e.path, ErrClosed)
+	default:
+	}
 	start := time.Now()
 	var st CompactStats
 	if fi, err := os.Stat(e.path); err == nil {
@@ -353,6 +360,11 @@ func (e *Bolt) compactFinal(db, ndb *bolt.DB, tmp string) (*bolt.DB, error) {
 func (e *Bolt) compactCheck(ctx context.Context, db *bolt.DB) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	select {
+	case <-e.stop: // Close waits for this compaction
+		return ErrClosed
+	default:
 	}
 	e.mu.RLock()
 	defer e.mu.RUnlock()
