@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"time"
 
 	"github.com/cohortkv/kv/internal/discovery"
@@ -65,4 +66,19 @@ func SetLogStoreOptions(opts storage.LogStoreOptions) (restore func()) {
 	old := logStoreOptions
 	logStoreOptions = opts
 	return func() { logStoreOptions = old }
+}
+
+// Halt halts s as a storage failure would (halt.go), with cause.
+func Halt(s *Store, cause error) { s.halt(cause) }
+
+// CompactEngine compacts s's data file directly: no leadership hand-over.
+func CompactEngine(ctx context.Context, s *Store) error {
+	_, err := s.eng.(*storage.Bolt).Compact(ctx)
+	return err
+}
+
+// CompactMember asks member id, from s, to compact its data file, as
+// Compact does for each member.
+func CompactMember(ctx context.Context, s *Store, id string) error {
+	return s.compactMember(ctx, id)
 }

@@ -148,6 +148,19 @@ var (
 	compactSkipDirty bool
 )
 
+// SetCompactHook makes every compaction from now on call fn at each of its
+// steps ("copied", "round", "final"), until the returned function restores
+// the hook before it. For the tests of the packages that use this one; not
+// safe while a compaction runs.
+func SetCompactHook(fn func(step string)) (restore func()) {
+	old := compactHook
+	compactHook = fn
+	return func() { compactHook = old }
+}
+
+// Compacting says whether a compaction of the file runs now.
+func (e *Bolt) Compacting() bool { return e.compacting.Load() }
+
 // Compact rewrites the data file without its free pages while reads and
 // writes go on (see the description above compactChunk), and returns its
 // sizes and timings. Writes wait only during the final step (Stall).
