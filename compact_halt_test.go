@@ -120,4 +120,3 @@ func TestStore_Compact_RefusedOnTheLeaderKeepsItsLeadership(t *testing.T) {
 		t.Fatalf("the refused request moved the leadership: state %v, term %d (was %d)", st.State, st.Term, term)
 	}
 }
-
