@@ -83,3 +83,35 @@ func TestBolt_Close_StopsARunningCompaction(t *testing.T) {
 		t.Errorf("Compact after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestBolt_Compact_SnapshotOpenAcrossTheSwap: a snapshot taken before a
+// compaction reads, after the swap, the content of its own point in time,
+// and its Release closes the replaced file: no handle of it is left.
+func TestBolt_Compact_SnapshotOpenAcrossTheSwap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data.db")
+	e := openBolt(t, path)
+	model, idx := fillPurged(t, e, 3000, 200, 3)
+	snap, err := e.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, e, idx+1, []kv{{"k00000000", "changed"}, {"new", "key"}})
+	if _, err := e.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var got []kv
+	if err := snap.Scan(nil, func(k, v []byte) bool {
+		got = append(got, kv{string(k), string(v)})
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	diffPairs(t, "snapshot after the swap", got, modelPairs(model))
+	if snap.AppliedIndex() != idx {
+		t.Fatalf("snapshot at %d, want %d", snap.AppliedIndex(), idx)
+	}
+	snap.Release()
+	if open := openFilesNamed(t, path); len(open) != 1 || open[0] != path {
+		t.Fatalf("files open after Release: %v, want only %s", open, path)
+	}
+}
