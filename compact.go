@@ -40,8 +40,8 @@ import (
 // Every step is logged at Info with the file's size before and after, the
 // time it took and the apply pause ("stall").
 func (s *Store) Compact(ctx context.Context) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	if !s.compactBusy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w on %s", ErrCompacting, s.cfg.NodeID)
@@ -114,10 +114,26 @@ func (s *Store) compactLocal(ctx context.Context) (storage.CompactStats, error) 
 	if !ok {
 		return storage.CompactStats{}, nil // in memory: no file
 	}
+	if err := s.usable(); err != nil {
+		return storage.CompactStats{}, err
+	}
+	// Refused before the hand-over: a request that finds a compaction
+	// running must not move the leadership.
+	if b.Compacting() {
+		return storage.CompactStats{}, fmt.Errorf("%w on %s: %w", ErrCompacting, s.cfg.NodeID, storage.ErrCompacting)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel) // Close stops it
 	defer stop()
+	// A halt stops it too: a halted member writes nothing more.
+	go func() {
+		select {
+		case <-s.halter.ch:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if s.raft.State() == raft.Leader && s.hasOtherVoter() {
 		s.logger.Info("handing leadership over before compacting the data file")
 		if err := s.raft.LeadershipTransfer().Error(); err != nil {
@@ -126,6 +142,9 @@ func (s *Store) compactLocal(ctx context.Context) (storage.CompactStats, error) 
 		}
 	}
 	st, err := b.Compact(ctx)
+	if herr := s.halter.halted(); err != nil && herr != nil {
+		err = herr
+	}
 	if errors.Is(err, storage.ErrCompacting) {
 		err = fmt.Errorf("%w on %s: %w", ErrCompacting, s.cfg.NodeID, err)
 	}

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"time"
 
 	"github.com/cohortkv/kv/internal/discovery"
@@ -96,3 +97,15 @@ func SetTrailingBoundOff() (restore func()) {
 
 // Halt makes s halt with cause, as a failure of its storage would.
 func Halt(s *Store, cause error) { s.halt(cause) }
+
+// CompactEngine compacts s's data file directly: no leadership hand-over.
+func CompactEngine(ctx context.Context, s *Store) error {
+	_, err := s.eng.(*storage.Bolt).Compact(ctx)
+	return err
+}
+
+// CompactMember asks member id, from s, to compact its data file, as
+// Compact does for each member.
+func CompactMember(ctx context.Context, s *Store, id string) error {
+	return s.compactMember(ctx, id)
+}

@@ -213,7 +213,8 @@ func readClusterID(path string) string {
 	if _, err := os.Stat(path); err != nil {
 		return ""
 	}
-	ls, err := storage.OpenLogStore(path, storage.LogStoreOptions{NoSync: true})
+	// Not compacted at open: the file is moved aside as it is.
+	ls, err := storage.OpenLogStore(path, storage.LogStoreOptions{NoSync: true, AutoCompactMinSize: -1})
 	if err != nil {
 		return ""
 	}

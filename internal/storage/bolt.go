@@ -93,7 +93,11 @@ type Bolt struct {
 
 	// Compaction (compact.go): one at a time; dirty is the keys commits
 	// touched since it started recording, guarded by dmu (taken alone).
+	// cmu is held by a running compaction, and taken by Close after it
+	// closed stop: Close returns once the compaction has stopped and
+	// removed its file. Taken before wmu.
 	compacting atomic.Bool
+	cmu        sync.Mutex
 	dmu        sync.Mutex
 	dirty      *dirtySet
 
@@ -1076,6 +1080,10 @@ func (e *Bolt) usable() error {
 func (e *Bolt) Close() error {
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.done
+	// A running compaction stops at its next step (compactCheck sees
+	// stop) and removes its file: wait for it.
+	e.cmu.Lock()
+	e.cmu.Unlock()
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	e.mu.RLock()

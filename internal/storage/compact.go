@@ -148,6 +148,19 @@ var (
 	compactSkipDirty bool
 )
 
+// SetCompactHook makes every compaction from now on call fn at each of its
+// steps ("copied", "round", "final"), until the returned function restores
+// the hook before it. For the tests of the packages that use this one; not
+// safe while a compaction runs.
+func SetCompactHook(fn func(step string)) (restore func()) {
+	old := compactHook
+	compactHook = fn
+	return func() { compactHook = old }
+}
+
+// Compacting says whether a compaction of the file runs now.
+func (e *Bolt) Compacting() bool { return e.compacting.Load() }
+
 // Compact rewrites the data file without its free pages while reads and
 // writes go on (see the description above compactChunk), and returns its
 // sizes and timings. Writes wait only during the final step (Stall).
@@ -166,6 +179,13 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 		return CompactStats{}, ErrCompacting
 	}
 	defer e.compacting.Store(false)
+	e.cmu.Lock() // Close waits for it
+	defer e.cmu.Unlock()
+	select {
+	case <-e.stop:
+		return CompactStats{}, fmt.Errorf("storage: compact %s: %w", e.path, ErrClosed)
+	default:
+	}
 	start := time.Now()
 	var st CompactStats
 	if fi, err := os.Stat(e.path); err == nil {
@@ -353,6 +373,11 @@ func (e *Bolt) compactFinal(db, ndb *bolt.DB, tmp string) (*bolt.DB, error) {
 func (e *Bolt) compactCheck(ctx context.Context, db *bolt.DB) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	select {
+	case <-e.stop: // Close waits for this compaction
+		return ErrClosed
+	default:
 	}
 	e.mu.RLock()
 	defer e.mu.RUnlock()
