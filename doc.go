@@ -231,6 +231,28 @@
 // the departure. TransferLeadership moves the leadership on demand, to a
 // named voter or to any, from any member.
 //
+// # Operations
+//
+// Config.Metrics takes a Prometheus registry of the caller's: the Store's
+// cohortkv_* series (leader, indexes, writes and reads by outcome, fsync
+// and commit latencies, file and data sizes, members by status) carry a
+// node label, so several Stores share one registry. Nothing is registered
+// anywhere else.
+//
+// Config.QuotaBytes bounds the logical size of the data (keys and their
+// stored records, Stats.DataBytes). A write that would grow the data
+// beyond it fails with an error wrapping ErrNoSpace, and was not applied;
+// deletes, writes that do not grow the data, and reads go on. The quota is
+// a cluster setting: the leader's Config governs, through the Raft log, so
+// every member decides the same.
+//
+// bbolt keeps its files at their peak size. Compact, on any member,
+// rewrites every member's data file one member at a time, the leader last
+// after handing its leadership over, while the cluster serves; a member
+// pauses its apply for a short final step. A member also compacts data.db
+// and raft.db at Open when most of either is free. Config.TrailingBytes
+// bounds by size the Raft log a snapshot leaves behind.
+//
 // # Caveats
 //
 //   - BootstrapExpect must be the same on the instances that form the
