@@ -561,7 +561,11 @@ func (e *Bolt) swap() {
 
 // commitFlushing writes the flushing layer into the file in one transaction
 // that also records its index, then drops it. The caller holds fmu.
-func (e *Bolt) commitFlushing() error {
+func (e *Bolt) commitFlushing() error { return e.commitLayer(true) }
+
+// commitLayer is commitFlushing; with gate false the caller holds the gate
+// exclusively already (a compaction's final step).
+func (e *Bolt) commitLayer(gate bool) error {
 	e.mu.RLock()
 	f, db, closed := e.flushing, e.db, e.closed || e.broken != nil
 	e.mu.RUnlock()
@@ -571,7 +575,9 @@ func (e *Bolt) commitFlushing() error {
 	// Not while a snapshot reads the live file: a commit that grows the
 	// file remaps it, and the remap, and every Begin after it, would wait
 	// for the snapshot's transaction.
-	e.gate.Lock()
+	if gate {
+		e.gate.Lock()
+	}
 	start := time.Now()
 	err := e.guard(func() error {
 		return db.Update(func(tx *bolt.Tx) error {
@@ -593,7 +599,9 @@ func (e *Bolt) commitFlushing() error {
 			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
 		})
 	})
-	e.gate.Unlock()
+	if gate {
+		e.gate.Unlock()
+	}
 	if err == nil && e.opts.ObserveCommit != nil {
 		e.opts.ObserveCommit(time.Since(start))
 	}
@@ -1305,6 +1313,9 @@ func (s *boltSnap) copyLive() error {
 		return fmt.Errorf("storage: snapshot %s: %w", path, diskFull(err))
 	}
 	s.tmp = f.Name()
+	if snapCopyHook != nil {
+		snapCopyHook()
+	}
 	err = guard(path, "data file", func() error {
 		_, err := s.live.WriteTo(f)
 		return err
@@ -1336,6 +1347,10 @@ func (s *boltSnap) copyLive() error {
 	s.db, s.tx, s.file = db, tx, boltTx{b: b, path: path, err: new(error)}
 	return nil
 }
+
+// snapCopyHook, when set (by tests), runs in every snapshot's copy of the
+// live file before it writes: a copy that takes that long.
+var snapCopyHook func()
 
 // dropLive ends the live transaction, and lets commits go on. The caller
 // holds s.mu.
