@@ -1071,7 +1071,8 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	return old, nil
 }
 
-// afterRename, when set (by tests), runs in Install right after the rename.
+// afterRename, when set (by tests), runs right after the rename of an
+// Install or compaction, and of a compaction of raft.db at open.
 var afterRename func(path string)
 
 // usable returns ErrClosed after Close, the error that broke the engine

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -227,8 +228,15 @@ func logStoreBoltOptions(opts LogStoreOptions) *bolt.Options {
 // opened (db, holding its lock) without its free pages, when
 // shouldCompactAtOpen says so, and returns the handle to use: the new file,
 // or db as it was if the compaction failed before its rename (logged). The
-// log tail and the state file are separate files, untouched. A failure
+// new file is renamed in only if it holds what db holds (sameLogContent).
+// The log tail and the state file are separate files, untouched. A failure
 // after the rename is returned: the store cannot be opened.
+//
+// The file at path stays locked throughout: the new file is opened, and
+// locked, with the store's own options before the copy, renamed over path
+// while both handles are open, and becomes the store's handle; only then
+// is db, the replaced file's, closed. Another process opening path finds
+// either file locked.
 //
 // The log store is compacted only here, never while Raft runs: every read
 // of the log goes to the bbolt handle without a lock that a swap could
@@ -248,41 +256,45 @@ func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB,
 	}
 	start := time.Now()
 	tmp := path + compactSuffix
-	err = func() error {
-		ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
-		if err != nil {
-			return err
-		}
+	ndb, err := openDB(tmp, "raft log", logStoreBoltOptions(opts))
+	if err == nil {
+		ndb.NoSync = true // while it is written: one Sync at the end
 		err = guard(path, "raft log", func() error { return bolt.Compact(ndb, db, compactChunk) })
+		if err == nil && logCompactHook != nil {
+			logCompactHook(ndb)
+		}
+		if err == nil {
+			err = sameLogContent(db, ndb)
+		}
 		if err == nil && !opts.NoSync {
 			err = ndb.Sync()
 		}
-		if cerr := ndb.Close(); err == nil {
-			err = cerr
+		ndb.NoSync = opts.NoSync
+		if err == nil {
+			err = fsRename(tmp, path)
 		}
-		return err
-	}()
+		if err != nil {
+			_ = ndb.Close()
+		}
+	}
 	if err != nil {
 		_ = fsRemove(tmp)
 		log.Warn("raft log compaction at open failed; going on with the file as it is", "path", path, "error", diskFull(err))
 		return db, nil
 	}
-	if err := db.Close(); err != nil {
-		_ = fsRemove(tmp)
-		return nil, fmt.Errorf("storage: compact %s: close: %w", path, err)
+	// From here path is the new file; db's is unlinked, its handle no
+	// longer needed.
+	if afterRename != nil {
+		afterRename(path)
 	}
-	if err := fsRename(tmp, path); err != nil {
-		_ = fsRemove(tmp)
-		return nil, fmt.Errorf("storage: compact %s: %w", path, err)
+	if err := db.Close(); err != nil {
+		log.Warn("raft log compaction at open: closing the replaced file failed", "path", path, "error", err)
 	}
 	if !opts.NoSync {
 		if err := fsSyncDir(dirOf(path)); err != nil {
+			_ = ndb.Close()
 			return nil, fmt.Errorf("storage: compact %s: sync dir: %w", path, diskFull(err))
 		}
-	}
-	ndb, err := openDB(path, "raft log", logStoreBoltOptions(opts))
-	if err != nil {
-		return nil, err
 	}
 	after := int64(0)
 	if fi, err := os.Stat(path); err == nil {
@@ -290,6 +302,59 @@ func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB,
 	}
 	log.Info("raft log compacted at open", "path", path, "before", fi.Size(), "after", after, "took", time.Since(start))
 	return ndb, nil
+}
+
+// logCompactHook, when set (by tests), runs in compactLogAtOpen with the
+// new file once it is written, before it is compared with the original.
+var logCompactHook func(ndb *bolt.DB)
+
+// sameLogContent returns an error when the compacted raft.db ndb does not
+// hold what db holds: the same first and last index and number of entries
+// in the log bucket, and the same pairs in the stable bucket.
+func sameLogContent(db, ndb *bolt.DB) error {
+	type summary struct {
+		first, last []byte
+		n           int
+		conf        map[string]string
+	}
+	sum := func(d *bolt.DB) (summary, error) {
+		var s summary
+		err := guard(d.Path(), "raft log", func() error {
+			return d.View(func(tx *bolt.Tx) error {
+				logs, conf := tx.Bucket(logStoreBucketLogs), tx.Bucket(logStoreBucketConf)
+				if logs == nil || conf == nil {
+					return errors.New("a bucket is missing")
+				}
+				c := logs.Cursor()
+				k, _ := c.First()
+				s.first = bytes.Clone(k)
+				k, _ = c.Last()
+				s.last = bytes.Clone(k)
+				s.n = logs.Stats().KeyN
+				s.conf = map[string]string{}
+				return conf.ForEach(func(k, v []byte) error {
+					s.conf[string(k)] = string(v)
+					return nil
+				})
+			})
+		})
+		return s, err
+	}
+	a, err := sum(db)
+	if err != nil {
+		return err
+	}
+	b, err := sum(ndb)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !bytes.Equal(a.first, b.first) || !bytes.Equal(a.last, b.last) || a.n != b.n:
+		return fmt.Errorf("the compacted file differs from the original: entries %x..%x (%d) in it, %x..%x (%d) in the original", b.first, b.last, b.n, a.first, a.last, a.n)
+	case !maps.Equal(a.conf, b.conf):
+		return fmt.Errorf("the compacted file differs from the original: %d stable keys in it, %d in the original, or other values", len(b.conf), len(a.conf))
+	}
+	return nil
 }
 
 // Close closes the underlying bbolt file. It waits for running transactions
