@@ -993,7 +993,7 @@ func (s *boltStaged) Install(index uint64) error {
 func (e *Bolt) swapIn(tmp string) error {
 	e.wmu.Lock()
 	e.fmu.Lock()
-	old, err := e.swapInLocked(tmp)
+	old, err := e.swapInLocked(tmp, "restore")
 	e.fmu.Unlock()
 	e.wmu.Unlock()
 	if err != nil {
@@ -1013,8 +1013,9 @@ func (e *Bolt) retireReplaced(old *bolt.DB) error {
 }
 
 // swapInLocked is swapIn for a caller that holds wmu and fmu; it returns
-// the replaced handle, for retireReplaced once the locks are released.
-func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
+// the replaced handle, for retireReplaced once the locks are released. op
+// names what swaps the file in its errors: "restore" or "compact".
+func (e *Bolt) swapInLocked(tmp, op string) (*bolt.DB, error) {
 	e.mu.RLock()
 	err := e.usable() // Close takes wmu first: it cannot change now
 	e.mu.RUnlock()
@@ -1024,7 +1025,7 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	}
 	if err := fsRename(tmp, e.path); err != nil {
 		fsRemove(tmp)
-		return nil, fmt.Errorf("storage: restore %s: %w", e.path, err)
+		return nil, fmt.Errorf("storage: %s %s: %w", op, e.path, err)
 	}
 	// From here the old file is unlinked: the engine is on the new file or
 	// refuses to go on. Readers go on with the old file until the switch:
@@ -1052,7 +1053,7 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	}
 	e.mu.Lock()
 	if err != nil {
-		e.broken = diskFull(fmt.Errorf("storage: restore %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", e.path, err))
+		e.broken = diskFull(fmt.Errorf("storage: %s %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", op, e.path, err))
 		e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
 		e.gen.Add(1)
 		e.cache.clear()

@@ -205,6 +205,9 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 	e.dirty = nil
 	e.dmu.Unlock()
 	st.Took = time.Since(start)
+	if se := (swapError{}); errors.As(err, &se) {
+		return st, se.err // it names the compaction and the file already
+	}
 	if err != nil {
 		if errors.Is(err, errDirtyOverflow) {
 			err = fmt.Errorf("%w (more than %d bytes of keys, %d times); try again under a lighter write load", err, compactMaxDirtyBytes, st.Restarts+1)
@@ -216,6 +219,13 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 	}
 	return st, nil
 }
+
+// swapError is an error of swapInLocked in a compaction, which names the
+// compaction and the file itself: Compact returns it as it is.
+type swapError struct{ err error }
+
+func (e swapError) Error() string { return e.err.Error() }
+func (e swapError) Unwrap() error { return e.err }
 
 // compactOnce is one attempt of Compact.
 func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
@@ -387,9 +397,9 @@ func (e *Bolt) compactFinal(ctx context.Context, db, ndb *bolt.DB, tmp string, s
 	if err := ndb.Close(); err != nil {
 		return nil, fmt.Errorf("close %s: %w", tmp, err)
 	}
-	old, err := e.swapInLocked(tmp) // removes tmp on failure
+	old, err := e.swapInLocked(tmp, "compact") // removes tmp on failure
 	if err != nil {
-		return nil, err
+		return nil, swapError{err}
 	}
 	return old, nil
 }

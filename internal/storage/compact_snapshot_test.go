@@ -4,6 +4,8 @@ import (
 	"context"
 	"maps"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -91,4 +93,51 @@ func TestBolt_Compact_SnapshotCopyDoesNotStretchThePause(t *testing.T) {
 		t.Fatalf("snapshot Scan: %v", err)
 	}
 	diffPairs(t, "snapshot", got, modelPairs(snapModel))
+}
+
+// TestBolt_Compact_SwapErrorsSayCompaction: a compaction whose rename
+// fails, and one whose directory sync fails after the rename (which breaks
+// the engine), report a compaction in their errors, never a restore; so do
+// the engine's later calls once broken.
+func TestBolt_Compact_SwapErrorsSayCompaction(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		op    faultOp
+		broke bool
+	}{
+		{"rename", opRename, false},
+		{"sync dir", opSync, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "data.db")
+			e := openBolt(t, path)
+			model, idx := fillPurged(t, e, 3000, 200, 3)
+			fs := newFaultSet(c.op, 1, syscall.EIO)
+			fs.prefix = filepath.Clean(dir)
+			faults.Store(fs)
+			_, err := e.Compact(context.Background())
+			faults.Store(nil)
+			t.Logf("Compact: %v", err)
+			if err == nil || !strings.Contains(err.Error(), "compact") || strings.Contains(err.Error(), "restore") {
+				t.Fatalf("Compact: %v, want an error that names the compaction and no restore", err)
+			}
+			if strings.Count(err.Error(), "storage:") != 1 {
+				t.Fatalf("Compact: %v: want one storage: prefix", err)
+			}
+			uerr := e.Update(idx+1, func(tx WriteTx) error { return tx.Put([]byte("a"), []byte("b")) })
+			if !c.broke {
+				if uerr != nil {
+					t.Fatalf("Update after a failed rename: %v", uerr)
+				}
+				model["a"] = "b"
+				diffPairs(t, "after the failed Compact", dump(t, e), modelPairs(model))
+				return
+			}
+			t.Logf("Update: %v", uerr)
+			if uerr == nil || !strings.Contains(uerr.Error(), "compact") || strings.Contains(uerr.Error(), "restore") {
+				t.Fatalf("Update of the broken engine: %v, want an error that names the compaction and no restore", uerr)
+			}
+		})
+	}
 }
