@@ -2,12 +2,15 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,5 +185,268 @@ func TestLogStore_CompactAtOpen_KeepsTheFileLocked(t *testing.T) {
 	if after := fileSize(t, path); after >= before/2 {
 		t.Fatalf("raft.db %d bytes after open, %d before: not compacted", after, before)
 	}
+	checkPurgedLogStore(t, s)
+}
+
+// raftLikeWriter changes a LogStore the way Raft does until stopped:
+// appends at the end, deletions from the front (after a snapshot),
+// conflicts (a suffix deleted and stored again with a later term), stable
+// keys, and checkpoints of the tail; and keeps the model of what the
+// store holds.
+type raftLikeWriter struct {
+	s          *LogStore
+	mu         sync.Mutex
+	model      map[uint64]raft.Log // index -> entry
+	first      uint64
+	last       uint64
+	term       uint64
+	conf       string
+	iterations atomic.Int64
+	stop, done chan struct{}
+	err        error
+}
+
+func (w *raftLikeWriter) entry(i uint64) *raft.Log {
+	return &raft.Log{Index: i, Term: w.term, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("%0200d/%d", i, w.term))}
+}
+
+func (w *raftLikeWriter) store(from, to uint64) error {
+	var logs []*raft.Log
+	for i := from; i <= to; i++ {
+		logs = append(logs, w.entry(i))
+	}
+	if err := w.s.StoreLogs(logs); err != nil {
+		return err
+	}
+	for _, l := range logs {
+		w.model[l.Index] = *l
+	}
+	w.last = max(w.last, to)
+	return nil
+}
+
+func (w *raftLikeWriter) run() {
+	defer close(w.done)
+	for it := 1; it <= 100_000; it++ {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		w.mu.Lock()
+		err := w.step(it)
+		w.mu.Unlock()
+		if err != nil {
+			w.err = err
+			return
+		}
+		w.iterations.Add(1)
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func (w *raftLikeWriter) step(it int) error {
+	switch {
+	case it%23 == 0: // a snapshot: the front goes
+		to := w.first + 50
+		if err := w.s.DeleteRange(w.first, to); err != nil {
+			return err
+		}
+		for i := w.first; i <= to; i++ {
+			delete(w.model, i)
+		}
+		w.first = to + 1
+	case it%17 == 0: // a conflict: a suffix stored again with a new term
+		from := w.last - 5
+		if err := w.s.DeleteRange(from, w.last); err != nil {
+			return err
+		}
+		for i := from; i <= w.last; i++ {
+			delete(w.model, i)
+		}
+		w.last = from - 1
+		w.term++
+		return w.store(from, from+8)
+	case it%11 == 0:
+		w.conf = fmt.Sprintf("conf-%d", it)
+		return w.s.Set([]byte("k"), []byte(w.conf))
+	case it%7 == 0:
+		return w.s.Checkpoint()
+	}
+	return w.store(w.last+1, w.last+4)
+}
+
+// check compares s with the model.
+func (w *raftLikeWriter) check(t *testing.T, what string, s *LogStore) {
+	t.Helper()
+	first, _ := s.FirstIndex()
+	last, _ := s.LastIndex()
+	if first != w.first || last != w.last {
+		t.Fatalf("%s: indexes %d..%d, want %d..%d", what, first, last, w.first, w.last)
+	}
+	if len(w.model) != int(last-first+1) {
+		t.Fatalf("%s: model of %d entries for %d..%d", what, len(w.model), first, last)
+	}
+	for i := first; i <= last; i++ {
+		var l raft.Log
+		if err := s.GetLog(i, &l); err != nil {
+			t.Fatalf("%s: GetLog(%d): %v", what, i, err)
+		}
+		want := w.model[i]
+		if l.Term != want.Term || !bytes.Equal(l.Data, want.Data) {
+			t.Fatalf("%s: entry %d: term %d, %d bytes; want term %d, %d bytes", what, i, l.Term, len(l.Data), want.Term, len(want.Data))
+		}
+	}
+	if v, err := s.Get([]byte("k")); err != nil || string(v) != w.conf {
+		t.Fatalf("%s: Get(k) = %q, %v; want %q", what, v, err, w.conf)
+	}
+}
+
+// TestLogStore_Compact_UnderRaftLikeLoad: raft.db compacted while a writer
+// appends, deletes the front, rewrites a conflicting suffix, sets stable
+// keys and checkpoints the tail, with changes landing during the copy,
+// the rounds and right before the final step, and a reader checks entries
+// throughout: the file shrinks, and afterwards, and after a reopen, the
+// store holds exactly the writer's model. Its negative control is
+// logCompactSkipDirty (the changes made during the copy not applied): the
+// compaction then fails its content check, and the file is kept.
+func TestLogStore_Compact_UnderRaftLikeLoad(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nosync=%v", noSync), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "raft.db")
+			purgedLogStore(t, path)
+			s, err := OpenLogStore(path, LogStoreOptions{NoSync: noSync, AutoCompactMinSize: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { s.Close() }()
+			w := &raftLikeWriter{s: s, model: map[uint64]raft.Log{}, first: 19001, last: 20000, term: 5000, conf: "v", stop: make(chan struct{}), done: make(chan struct{})}
+			data := make([]byte, 1000)
+			for i := w.first; i <= w.last; i++ {
+				l := lsTestLog(i)
+				l.Data = data
+				w.model[i] = *l
+			}
+			w.check(t, "before", s)
+			go w.run()
+			readerStop, readerDone := make(chan struct{}), make(chan struct{})
+			var readErr error
+			reads := 0
+			go func() {
+				defer close(readerDone)
+				for n := 0; n < 1_000_000; n++ {
+					select {
+					case <-readerStop:
+						return
+					default:
+					}
+					w.mu.Lock()
+					i := w.first + uint64(n)%(w.last-w.first+1)
+					var l raft.Log
+					err := s.GetLog(i, &l)
+					if err == nil && l.Term != w.model[i].Term {
+						err = fmt.Errorf("entry %d: term %d, want %d", i, l.Term, w.model[i].Term)
+					}
+					w.mu.Unlock()
+					if err != nil {
+						readErr = err
+						return
+					}
+					reads++
+				}
+			}()
+			steps := map[string]int{}
+			old := logCompactHookStep
+			logCompactHookStep = func(step string) {
+				steps[step]++
+				from := w.iterations.Load()
+				for deadline := time.Now().Add(10 * time.Second); w.iterations.Load() < from+60 && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			t.Cleanup(func() { logCompactHookStep = old })
+			st, cerr := s.Compact(context.Background())
+			// Changes after it too.
+			from := w.iterations.Load()
+			for deadline := time.Now().Add(10 * time.Second); w.iterations.Load() < from+60 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			close(w.stop)
+			<-w.done
+			close(readerStop)
+			<-readerDone
+			if w.err != nil {
+				t.Fatalf("writer: %v", w.err)
+			}
+			if readErr != nil {
+				t.Fatalf("reader: %v", readErr)
+			}
+			t.Logf("stats %+v, steps %v, writer iterations %d, reads %d", st, steps, w.iterations.Load(), reads)
+			if cerr != nil {
+				t.Fatalf("Compact: %v", cerr)
+			}
+			if steps["copied"] != 1 || steps["round"] == 0 || steps["final"] != 1 {
+				t.Fatalf("steps %v: want a copy, rounds and a final step", steps)
+			}
+			if st.After >= st.Before/2 {
+				t.Fatalf("raft.db %d bytes after, %d before: not compacted", st.After, st.Before)
+			}
+			if _, err := os.Stat(path + compactSuffix); !os.IsNotExist(err) {
+				t.Fatalf("the new file is left: %v", err)
+			}
+			w.check(t, "after Compact", s)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, err = OpenLogStore(path, LogStoreOptions{NoSync: noSync, AutoCompactMinSize: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.check(t, "after reopen", s)
+		})
+	}
+}
+
+// TestLogStore_Compact_CloseStopsIt: Close during a compaction waits for
+// it; the compaction stops with ErrClosed and removes its file, a second
+// one meanwhile fails with ErrCompacting, and the store reopens whole.
+func TestLogStore_Compact_CloseStopsIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft.db")
+	purgedLogStore(t, path)
+	s, err := OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var second error
+	closed := make(chan error, 1)
+	old := logCompactHookStep
+	logCompactHookStep = func(step string) {
+		if step != "copied" {
+			return
+		}
+		_, second = s.Compact(context.Background())
+		go func() { closed <- s.Close() }()
+		for deadline := time.Now().Add(10 * time.Second); !s.stopping.Load() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.Cleanup(func() { logCompactHookStep = old })
+	if _, err := s.Compact(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Compact during Close: %v, want ErrClosed", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !errors.Is(second, ErrCompacting) {
+		t.Fatalf("second Compact: %v, want ErrCompacting", second)
+	}
+	if _, err := os.Stat(path + compactSuffix); !os.IsNotExist(err) {
+		t.Fatalf("the new file is left: %v", err)
+	}
+	s, err = OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
 	checkPurgedLogStore(t, s)
 }

@@ -74,8 +74,26 @@ var ErrStableKeyNotFound = errors.New("not found")
 // Errors of writes that failed for lack of space wrap ErrDiskFull; errors
 // of damaged bytes wrap ErrCorrupt (ErrCorruptLog for log records).
 type LogStore struct {
-	db   *bolt.DB
-	path string
+	path   string
+	noSync bool
+
+	// db is the bbolt file. Every transaction of it runs under swapMu held
+	// shared (view, update); a compaction's final step holds it
+	// exclusively while it replaces db (logcompact.go). broken, set when a
+	// replacement failed after its rename, fails every transaction.
+	swapMu sync.RWMutex
+	db     *bolt.DB
+	broken error
+
+	// Online compaction (logcompact.go): one at a time (compacting); cmu
+	// is held by a running one, and taken by Close after it set stopping,
+	// to wait for it; dirty, guarded by dmu, is what commits changed since
+	// it started.
+	compacting atomic.Bool
+	stopping   atomic.Bool
+	cmu        sync.Mutex
+	dmu        sync.Mutex
+	dirty      *logDirty
 
 	closeMu sync.Mutex
 	closed  bool
@@ -186,7 +204,7 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	// A file without a synced freelist made bolt.Open read every page: drop
 	// them from resident memory (see releaseMapped).
 	_ = releaseMapped(path, db.Info().Data)
-	s := &LogStore{db: db, path: path, observe: opts.ObserveAppend}
+	s := &LogStore{db: db, path: path, noSync: opts.NoSync, observe: opts.ObserveAppend}
 	s.state, err = openStateFile(path+".state", db, opts.NoSync)
 	if err != nil {
 		_ = db.Close()
@@ -238,9 +256,7 @@ func logStoreBoltOptions(opts LogStoreOptions) *bolt.Options {
 // is db, the replaced file's, closed. Another process opening path finds
 // either file locked.
 //
-// The log store is compacted only here, never while Raft runs: every read
-// of the log goes to the bbolt handle without a lock that a swap could
-// take.
+// A store in use is compacted by LogStore.Compact (logcompact.go).
 func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB, error) {
 	min := opts.AutoCompactMinSize
 	if min == 0 {
@@ -366,6 +382,10 @@ func (s *LogStore) Close() error {
 		return nil
 	}
 	s.closed = true
+	// A running compaction stops at its next step and removes its file.
+	s.stopping.Store(true)
+	s.cmu.Lock()
+	s.cmu.Unlock()
 	var errs []error
 	s.writeMu.Lock()
 	if s.tail != nil {
@@ -376,6 +396,8 @@ func (s *LogStore) Close() error {
 	s.shut = true
 	s.writeMu.Unlock()
 	errs = append(errs, s.state.close())
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
 	if err := s.db.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("storage: close log store %s: %w", s.path, err))
 	}
@@ -385,6 +407,11 @@ func (s *LogStore) Close() error {
 // view and update run bbolt transactions, turning a panic on a damaged
 // page into an error that wraps ErrCorrupt and names the file.
 func (s *LogStore) view(fn func(*bolt.Tx) error) error {
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	if s.broken != nil {
+		return s.broken
+	}
 	return guard(s.path, "raft log", func() error { return s.db.View(fn) })
 }
 
@@ -393,6 +420,11 @@ func (s *LogStore) view(fn func(*bolt.Tx) error) error {
 func (s *LogStore) update(fn func(*bolt.Tx) error) error {
 	if err := fsCommit(s.path); err != nil {
 		return diskFull(err)
+	}
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	if s.broken != nil {
+		return s.broken
 	}
 	return diskFull(guard(s.path, "raft log", func() error { return s.db.Update(fn) }))
 }
@@ -645,6 +677,7 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 		return s.noteFull(fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
 			len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
 	}
+	s.notePut(logs[0].Index)
 	if s.observe != nil {
 		s.observe(time.Since(start))
 	}
@@ -693,6 +726,7 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 	if err != nil {
 		return s.noteFull(fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err))
 	}
+	s.noteDelete(min, max)
 	return nil
 }
 
