@@ -139,6 +139,9 @@ func (s *LogStore) Compact(ctx context.Context) (CompactStats, error) {
 	s.dmu.Unlock()
 	st.Took = time.Since(start)
 	if err != nil {
+		if berr := s.brokenErr(); berr != nil && errors.Is(err, berr) {
+			return st, err // it names the compaction and the file
+		}
 		return st, fmt.Errorf("storage: compact %s: %w", s.path, err)
 	}
 	if fi, err := os.Stat(s.path); err == nil {
@@ -250,6 +253,13 @@ func (s *LogStore) compact(ctx context.Context, st *CompactStats) (err error) {
 	// pages from resident memory (see releaseMapped).
 	_ = releaseMapped(s.path, ndb.Info().Data)
 	return err
+}
+
+// brokenErr returns the error that broke the store, or nil.
+func (s *LogStore) brokenErr() error {
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	return s.broken
 }
 
 // compactCheck returns why the compaction must stop: ctx ended, or the

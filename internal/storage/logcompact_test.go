@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -442,6 +443,46 @@ func TestLogStore_Compact_CloseStopsIt(t *testing.T) {
 	}
 	if _, err := os.Stat(path + compactSuffix); !os.IsNotExist(err) {
 		t.Fatalf("the new file is left: %v", err)
+	}
+	s, err = OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checkPurgedLogStore(t, s)
+}
+
+// TestLogStore_Compact_DirSyncFailureBreaksTheStore: when the directory
+// cannot be synced after the rename, the rename may not be durable, so
+// the store refuses every read and write from then on (its member halts
+// and must be reopened); it closes cleanly, and reopens whole on the file
+// the rename left.
+func TestLogStore_Compact_DirSyncFailureBreaksTheStore(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "raft.db")
+	purgedLogStore(t, path)
+	s, err := OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := newFaultSet(opSync, 1, syscall.EIO)
+	fs.prefix = filepath.Clean(dir)
+	faults.Store(fs)
+	_, cerr := s.Compact(context.Background())
+	faults.Store(nil)
+	t.Logf("Compact: %v", cerr)
+	if cerr == nil || !strings.Contains(cerr.Error(), "reopen") {
+		t.Fatalf("Compact with a failing directory sync: %v, want the store broken", cerr)
+	}
+	var l raft.Log
+	if err := s.GetLog(19500, &l); err == nil {
+		t.Fatal("GetLog of a broken store succeeded")
+	}
+	if err := s.StoreLogs(lsTestLogs(20001, 20001)); err == nil {
+		t.Fatal("StoreLogs of a broken store succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("Close: %v", err)
 	}
 	s, err = OpenLogStore(path, LogStoreOptions{AutoCompactMinSize: -1})
 	if err != nil {

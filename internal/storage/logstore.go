@@ -628,6 +628,9 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if s.shut {
 		return ErrClosed
 	}
+	if err := s.brokenErr(); err != nil {
+		return err // not even into the tail
+	}
 	var start time.Time
 	if s.observe != nil {
 		start = time.Now()
@@ -734,6 +737,9 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 // vote (CurrentTerm, LastVoteTerm, LastVoteCand) go to the state file,
 // where a write needs no new space; other keys to the bbolt file.
 func (s *LogStore) Set(key []byte, val []byte) error {
+	if err := s.brokenErr(); err != nil {
+		return err
+	}
 	if i := stateKeyIndex(key); i >= 0 {
 		if err := s.state.put(i, val); err != nil {
 			return fmt.Errorf("storage: set %q: %w", key, err)
