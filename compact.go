@@ -14,19 +14,20 @@ import (
 	"github.com/cohortkv/kv/internal/storage"
 )
 
-// Compact rewrites every member's data file (data.db) without its free
-// pages, one member at a time: bbolt never gives pages back to the file
-// system, so after a purge the file keeps its peak size until it is
-// compacted. Followers go first and the leader last, after it hands its
+// Compact rewrites every member's data file (data.db) and Raft log file
+// (raft.db) without their free pages, one member at a time: bbolt never
+// gives pages back to the file system, so after a purge (or, for raft.db,
+// after Raft deleted the entries a snapshot covers) a file keeps its peak
+// size until it is compacted. Followers go first and the leader last, after it hands its
 // leadership to another voter, so that the pause falls on a follower.
 // Any member may be called: it asks each member in turn, over the
 // transport, to compact its own file, and waits for its answer.
 //
 // On each member reads and writes go on during the copy; apply pauses
 // only for the final step (the last changed keys, an fsync and the swap
-// of the files), typically milliseconds. A member being compacted needs
-// free space for a second file as large as its live data. raft.db is not
-// compacted here: it shrinks at Open (see docs/operations.md).
+// of the files), typically milliseconds, and so do Raft's reads and
+// writes of its log for the final step of raft.db. A member being
+// compacted needs free space for a second file as large as its live data.
 //
 // Members that are down, unreachable or fail (a full disk: an error
 // wrapping ErrDiskFull) are skipped, and the others compacted; the error
@@ -38,7 +39,7 @@ import (
 // InMemory cluster has nothing to compact: Compact returns nil.
 //
 // Every step is logged at Info with the file's size before and after, the
-// time it took and the apply pause ("stall").
+// time it took and the pause ("stall").
 func (s *Store) Compact(ctx context.Context) error {
 	if err := s.usable(); err != nil {
 		return err
@@ -107,8 +108,9 @@ func (s *Store) compactMember(ctx context.Context, id string) error {
 	return nil
 }
 
-// compactLocal compacts this member's data file, handing leadership over
-// first if this member leads (and another voter can take it).
+// compactLocal compacts this member's data file, then its raft.db,
+// handing leadership over first if this member leads (and another voter
+// can take it). The stats returned are the data file's.
 func (s *Store) compactLocal(ctx context.Context) (storage.CompactStats, error) {
 	b, ok := s.eng.(*storage.Bolt)
 	if !ok {
@@ -153,6 +155,21 @@ func (s *Store) compactLocal(ctx context.Context) (storage.CompactStats, error) 
 	}
 	s.logger.Info("data file compacted", "path", b.Path(), "before", st.Before, "after", st.After,
 		"took", st.Took, "stall", st.Stall, "rounds", st.Rounds, "restarts", st.Restarts)
+	if s.logs == nil {
+		return st, nil
+	}
+	lst, err := s.logs.Compact(ctx)
+	if herr := s.halter.halted(); err != nil && herr != nil {
+		err = herr
+	}
+	if errors.Is(err, storage.ErrCompacting) {
+		err = fmt.Errorf("%w on %s: %w", ErrCompacting, s.cfg.NodeID, err)
+	}
+	if err != nil {
+		return st, fmt.Errorf("kv: compact raft log (the data file was compacted): %w", err)
+	}
+	s.logger.Info("raft log compacted", "path", s.logs.Path(), "before", lst.Before, "after", lst.After,
+		"took", lst.Took, "stall", lst.Stall, "rounds", lst.Rounds)
 	return st, nil
 }
 

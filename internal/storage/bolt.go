@@ -561,7 +561,11 @@ func (e *Bolt) swap() {
 
 // commitFlushing writes the flushing layer into the file in one transaction
 // that also records its index, then drops it. The caller holds fmu.
-func (e *Bolt) commitFlushing() error {
+func (e *Bolt) commitFlushing() error { return e.commitLayer(true) }
+
+// commitLayer is commitFlushing; with gate false the caller holds the gate
+// exclusively already (a compaction's final step).
+func (e *Bolt) commitLayer(gate bool) error {
 	e.mu.RLock()
 	f, db, closed := e.flushing, e.db, e.closed || e.broken != nil
 	e.mu.RUnlock()
@@ -571,7 +575,9 @@ func (e *Bolt) commitFlushing() error {
 	// Not while a snapshot reads the live file: a commit that grows the
 	// file remaps it, and the remap, and every Begin after it, would wait
 	// for the snapshot's transaction.
-	e.gate.Lock()
+	if gate {
+		e.gate.Lock()
+	}
 	start := time.Now()
 	err := e.guard(func() error {
 		return db.Update(func(tx *bolt.Tx) error {
@@ -593,7 +599,9 @@ func (e *Bolt) commitFlushing() error {
 			return tx.Bucket(bucketMeta).Put(keyApplied, buf[:])
 		})
 	})
-	e.gate.Unlock()
+	if gate {
+		e.gate.Unlock()
+	}
 	if err == nil && e.opts.ObserveCommit != nil {
 		e.opts.ObserveCommit(time.Since(start))
 	}
@@ -985,7 +993,7 @@ func (s *boltStaged) Install(index uint64) error {
 func (e *Bolt) swapIn(tmp string) error {
 	e.wmu.Lock()
 	e.fmu.Lock()
-	old, err := e.swapInLocked(tmp)
+	old, err := e.swapInLocked(tmp, "restore")
 	e.fmu.Unlock()
 	e.wmu.Unlock()
 	if err != nil {
@@ -1005,8 +1013,9 @@ func (e *Bolt) retireReplaced(old *bolt.DB) error {
 }
 
 // swapInLocked is swapIn for a caller that holds wmu and fmu; it returns
-// the replaced handle, for retireReplaced once the locks are released.
-func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
+// the replaced handle, for retireReplaced once the locks are released. op
+// names what swaps the file in its errors: "restore" or "compact".
+func (e *Bolt) swapInLocked(tmp, op string) (*bolt.DB, error) {
 	e.mu.RLock()
 	err := e.usable() // Close takes wmu first: it cannot change now
 	e.mu.RUnlock()
@@ -1016,7 +1025,7 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	}
 	if err := fsRename(tmp, e.path); err != nil {
 		fsRemove(tmp)
-		return nil, fmt.Errorf("storage: restore %s: %w", e.path, err)
+		return nil, fmt.Errorf("storage: %s %s: %w", op, e.path, err)
 	}
 	// From here the old file is unlinked: the engine is on the new file or
 	// refuses to go on. Readers go on with the old file until the switch:
@@ -1044,7 +1053,7 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	}
 	e.mu.Lock()
 	if err != nil {
-		e.broken = diskFull(fmt.Errorf("storage: restore %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", e.path, err))
+		e.broken = diskFull(fmt.Errorf("storage: %s %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", op, e.path, err))
 		e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
 		e.gen.Add(1)
 		e.cache.clear()
@@ -1063,7 +1072,8 @@ func (e *Bolt) swapInLocked(tmp string) (*bolt.DB, error) {
 	return old, nil
 }
 
-// afterRename, when set (by tests), runs in Install right after the rename.
+// afterRename, when set (by tests), runs right after the rename of an
+// Install or compaction, and of a compaction of raft.db at open.
 var afterRename func(path string)
 
 // usable returns ErrClosed after Close, the error that broke the engine
@@ -1305,6 +1315,9 @@ func (s *boltSnap) copyLive() error {
 		return fmt.Errorf("storage: snapshot %s: %w", path, diskFull(err))
 	}
 	s.tmp = f.Name()
+	if snapCopyHook != nil {
+		snapCopyHook()
+	}
 	err = guard(path, "data file", func() error {
 		_, err := s.live.WriteTo(f)
 		return err
@@ -1336,6 +1349,10 @@ func (s *boltSnap) copyLive() error {
 	s.db, s.tx, s.file = db, tx, boltTx{b: b, path: path, err: new(error)}
 	return nil
 }
+
+// snapCopyHook, when set (by tests), runs in every snapshot's copy of the
+// live file before it writes: a copy that takes that long.
+var snapCopyHook func()
 
 // dropLive ends the live transaction, and lets commits go on. The caller
 // holds s.mu.

@@ -27,9 +27,11 @@ import (
 //  2. It copies the dirty keys again (their value in the live file now, or
 //     a deletion), in rounds, while apply goes on, until the set is small
 //     (compactFinalKeys) or compactMaxRounds rounds have run.
-//  3. It pauses apply (the engine's write lock: Update waits), commits the
-//     write layers into the live file, copies the last dirty keys and the
-//     meta bucket (format, applied index), fsyncs the new file and renames
+//  3. It waits until no snapshot copies the live file (a commit would
+//     wait for the copy), pauses apply (the engine's write lock: Update
+//     waits) and snapshot copies, commits the write layers into the live
+//     file, copies the last dirty keys and the meta bucket (format,
+//     applied index), fsyncs the new file and renames
 //     it over the data file through the engine's swap machinery (swapIn):
 //     snapshots still reading the old file keep it until their Release.
 //     Only this step stalls apply; its length is CompactStats.Stall.
@@ -203,6 +205,9 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 	e.dirty = nil
 	e.dmu.Unlock()
 	st.Took = time.Since(start)
+	if se := (swapError{}); errors.As(err, &se) {
+		return st, se.err // it names the compaction and the file already
+	}
 	if err != nil {
 		if errors.Is(err, errDirtyOverflow) {
 			err = fmt.Errorf("%w (more than %d bytes of keys, %d times); try again under a lighter write load", err, compactMaxDirtyBytes, st.Restarts+1)
@@ -214,6 +219,13 @@ func (e *Bolt) Compact(ctx context.Context) (CompactStats, error) {
 	}
 	return st, nil
 }
+
+// swapError is an error of swapInLocked in a compaction, which names the
+// compaction and the file itself: Compact returns it as it is.
+type swapError struct{ err error }
+
+func (e swapError) Error() string { return e.err.Error() }
+func (e swapError) Unwrap() error { return e.err }
 
 // compactOnce is one attempt of Compact.
 func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
@@ -310,9 +322,7 @@ func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
 		compactHook("final")
 	}
 	// 3. Pause apply, the last keys, the meta bucket, the swap.
-	paused := time.Now()
-	old, err := e.compactFinal(db, ndb, tmp)
-	st.Stall = time.Since(paused)
+	old, err := e.compactFinal(ctx, db, ndb, tmp, &st.Stall)
 	if old == nil {
 		return err
 	}
@@ -320,20 +330,46 @@ func (e *Bolt) compactOnce(ctx context.Context, st *CompactStats) (err error) {
 	return e.retireReplaced(old)
 }
 
-// compactFinal is the last step of a compaction: with apply paused, it
-// commits the layers into the live file db, copies the keys changed since
-// the last round and the meta bucket into ndb, syncs and closes it, and
-// swaps it in. It returns the replaced handle (nil if nothing was
-// swapped: ndb is then still the caller's to remove, unless the swap
-// itself failed).
-func (e *Bolt) compactFinal(db, ndb *bolt.DB, tmp string) (*bolt.DB, error) {
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
-	if err := e.flushAll(); err != nil {
+// compactPauseWait bounds how long a compaction waits, before its pause,
+// for snapshots copying the live file (see pauseForFinal). A variable for
+// the tests.
+var compactPauseWait = 2 * time.Minute
+
+// compactFinal is the last step of a compaction: with apply paused (see
+// pauseForFinal), it commits the layers into the live file db, copies the
+// keys changed since the last round and the meta bucket into ndb, syncs
+// and closes it, and swaps it in. It adds the length of the pause to
+// *stall, and returns the replaced handle (nil if nothing was swapped: ndb
+// is then still the caller's to remove, unless the swap itself failed).
+func (e *Bolt) compactFinal(ctx context.Context, db, ndb *bolt.DB, tmp string, stall *time.Duration) (*bolt.DB, error) {
+	paused, err := e.pauseForFinal(ctx, stall, func() error {
+		// What apply did while a copy ran: into the files before the pause.
+		if err := e.commitThrough(e.applied.Load()); err != nil {
+			return err
+		}
+		keys, err := e.takeDirty()
+		if err != nil {
+			return err
+		}
+		return e.copyKeys(db, ndb, keys)
+	})
+	if err != nil {
 		return nil, err
 	}
-	e.fmu.Lock()
-	defer e.fmu.Unlock()
+	defer func() {
+		e.gate.Unlock()
+		e.fmu.Unlock()
+		e.wmu.Unlock()
+		*stall += time.Since(paused)
+	}()
+	// flushAll, under the gate held already.
+	if err := e.commitLayer(false); err != nil {
+		return nil, err
+	}
+	e.swap()
+	if err := e.commitLayer(false); err != nil {
+		return nil, err
+	}
 	e.mu.RLock()
 	uerr, same := e.usable(), e.db == db
 	e.mu.RUnlock()
@@ -361,11 +397,66 @@ func (e *Bolt) compactFinal(db, ndb *bolt.DB, tmp string) (*bolt.DB, error) {
 	if err := ndb.Close(); err != nil {
 		return nil, fmt.Errorf("close %s: %w", tmp, err)
 	}
-	old, err := e.swapInLocked(tmp) // removes tmp on failure
+	old, err := e.swapInLocked(tmp, "compact") // removes tmp on failure
 	if err != nil {
-		return nil, err
+		return nil, swapError{err}
 	}
 	return old, nil
+}
+
+// pauseForFinal pauses apply for a compaction's final step: it returns
+// holding wmu, fmu and the gate exclusively, with the time it took wmu.
+//
+// A commit waits for every snapshot copying the live file (the gate), and
+// such a copy lasts as long as the file takes to write out; the final step
+// commits the layers, so a copy running during the pause would stretch it
+// to the copy's length. So it waits, before pausing, until no copy runs,
+// then takes the three locks without waiting for fmu or the gate (a commit
+// under way, or a copy begun meanwhile, makes it let go and try again);
+// once it holds the gate no copy can begin until the pause ends. After
+// waiting for a copy it calls catchUp, unpaused, to take in what apply did
+// meanwhile. The moments it held wmu in vain are added to *stall. If
+// copies keep running for compactPauseWait it pauses anyway, waiting for
+// them. It fails with ctx's error or ErrClosed while it waits, or with
+// catchUp's error.
+func (e *Bolt) pauseForFinal(ctx context.Context, stall *time.Duration, catchUp func() error) (time.Time, error) {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	waited := false
+	for deadline := time.Now().Add(compactPauseWait); time.Now().Before(deadline); {
+		if e.copying.Load() > 0 {
+			waited = true
+		} else if waited {
+			waited = false
+			if err := catchUp(); err != nil {
+				return time.Time{}, err
+			}
+			continue
+		} else {
+			e.wmu.Lock()
+			paused := time.Now()
+			if e.fmu.TryLock() {
+				if e.gate.TryLock() {
+					return paused, nil
+				}
+				e.fmu.Unlock()
+			}
+			e.wmu.Unlock()
+			*stall += time.Since(paused)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-e.stop:
+			return time.Time{}, ErrClosed
+		case <-tick.C:
+		}
+	}
+	e.wmu.Lock()
+	paused := time.Now()
+	e.fmu.Lock()
+	e.gate.Lock()
+	return paused, nil
 }
 
 // compactCheck returns why the compaction must stop: ctx ended, the

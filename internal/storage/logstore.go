@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -73,8 +74,26 @@ var ErrStableKeyNotFound = errors.New("not found")
 // Errors of writes that failed for lack of space wrap ErrDiskFull; errors
 // of damaged bytes wrap ErrCorrupt (ErrCorruptLog for log records).
 type LogStore struct {
-	db   *bolt.DB
-	path string
+	path   string
+	noSync bool
+
+	// db is the bbolt file. Every transaction of it runs under swapMu held
+	// shared (view, update); a compaction's final step holds it
+	// exclusively while it replaces db (logcompact.go). broken, set when a
+	// replacement failed after its rename, fails every transaction.
+	swapMu sync.RWMutex
+	db     *bolt.DB
+	broken error
+
+	// Online compaction (logcompact.go): one at a time (compacting); cmu
+	// is held by a running one, and taken by Close after it set stopping,
+	// to wait for it; dirty, guarded by dmu, is what commits changed since
+	// it started.
+	compacting atomic.Bool
+	stopping   atomic.Bool
+	cmu        sync.Mutex
+	dmu        sync.Mutex
+	dirty      *logDirty
 
 	closeMu sync.Mutex
 	closed  bool
@@ -185,7 +204,7 @@ func OpenLogStore(path string, opts LogStoreOptions) (*LogStore, error) {
 	// A file without a synced freelist made bolt.Open read every page: drop
 	// them from resident memory (see releaseMapped).
 	_ = releaseMapped(path, db.Info().Data)
-	s := &LogStore{db: db, path: path, observe: opts.ObserveAppend}
+	s := &LogStore{db: db, path: path, noSync: opts.NoSync, observe: opts.ObserveAppend}
 	s.state, err = openStateFile(path+".state", db, opts.NoSync)
 	if err != nil {
 		_ = db.Close()
@@ -227,12 +246,17 @@ func logStoreBoltOptions(opts LogStoreOptions) *bolt.Options {
 // opened (db, holding its lock) without its free pages, when
 // shouldCompactAtOpen says so, and returns the handle to use: the new file,
 // or db as it was if the compaction failed before its rename (logged). The
-// log tail and the state file are separate files, untouched. A failure
+// new file is renamed in only if it holds what db holds (sameLogContent).
+// The log tail and the state file are separate files, untouched. A failure
 // after the rename is returned: the store cannot be opened.
 //
-// The log store is compacted only here, never while Raft runs: every read
-// of the log goes to the bbolt handle without a lock that a swap could
-// take.
+// The file at path stays locked throughout: the new file is opened, and
+// locked, with the store's own options before the copy, renamed over path
+// while both handles are open, and becomes the store's handle; only then
+// is db, the replaced file's, closed. Another process opening path finds
+// either file locked.
+//
+// A store in use is compacted by LogStore.Compact (logcompact.go).
 func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB, error) {
 	min := opts.AutoCompactMinSize
 	if min == 0 {
@@ -248,41 +272,45 @@ func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB,
 	}
 	start := time.Now()
 	tmp := path + compactSuffix
-	err = func() error {
-		ndb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
-		if err != nil {
-			return err
-		}
+	ndb, err := openDB(tmp, "raft log", logStoreBoltOptions(opts))
+	if err == nil {
+		ndb.NoSync = true // while it is written: one Sync at the end
 		err = guard(path, "raft log", func() error { return bolt.Compact(ndb, db, compactChunk) })
+		if err == nil && logCompactHook != nil {
+			logCompactHook(ndb)
+		}
+		if err == nil {
+			err = sameLogContent(db, ndb)
+		}
 		if err == nil && !opts.NoSync {
 			err = ndb.Sync()
 		}
-		if cerr := ndb.Close(); err == nil {
-			err = cerr
+		ndb.NoSync = opts.NoSync
+		if err == nil {
+			err = fsRename(tmp, path)
 		}
-		return err
-	}()
+		if err != nil {
+			_ = ndb.Close()
+		}
+	}
 	if err != nil {
 		_ = fsRemove(tmp)
 		log.Warn("raft log compaction at open failed; going on with the file as it is", "path", path, "error", diskFull(err))
 		return db, nil
 	}
-	if err := db.Close(); err != nil {
-		_ = fsRemove(tmp)
-		return nil, fmt.Errorf("storage: compact %s: close: %w", path, err)
+	// From here path is the new file; db's is unlinked, its handle no
+	// longer needed.
+	if afterRename != nil {
+		afterRename(path)
 	}
-	if err := fsRename(tmp, path); err != nil {
-		_ = fsRemove(tmp)
-		return nil, fmt.Errorf("storage: compact %s: %w", path, err)
+	if err := db.Close(); err != nil {
+		log.Warn("raft log compaction at open: closing the replaced file failed", "path", path, "error", err)
 	}
 	if !opts.NoSync {
 		if err := fsSyncDir(dirOf(path)); err != nil {
+			_ = ndb.Close()
 			return nil, fmt.Errorf("storage: compact %s: sync dir: %w", path, diskFull(err))
 		}
-	}
-	ndb, err := openDB(path, "raft log", logStoreBoltOptions(opts))
-	if err != nil {
-		return nil, err
 	}
 	after := int64(0)
 	if fi, err := os.Stat(path); err == nil {
@@ -290,6 +318,59 @@ func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB,
 	}
 	log.Info("raft log compacted at open", "path", path, "before", fi.Size(), "after", after, "took", time.Since(start))
 	return ndb, nil
+}
+
+// logCompactHook, when set (by tests), runs in compactLogAtOpen with the
+// new file once it is written, before it is compared with the original.
+var logCompactHook func(ndb *bolt.DB)
+
+// sameLogContent returns an error when the compacted raft.db ndb does not
+// hold what db holds: the same first and last index and number of entries
+// in the log bucket, and the same pairs in the stable bucket.
+func sameLogContent(db, ndb *bolt.DB) error {
+	type summary struct {
+		first, last []byte
+		n           int
+		conf        map[string]string
+	}
+	sum := func(d *bolt.DB) (summary, error) {
+		var s summary
+		err := guard(d.Path(), "raft log", func() error {
+			return d.View(func(tx *bolt.Tx) error {
+				logs, conf := tx.Bucket(logStoreBucketLogs), tx.Bucket(logStoreBucketConf)
+				if logs == nil || conf == nil {
+					return errors.New("a bucket is missing")
+				}
+				c := logs.Cursor()
+				k, _ := c.First()
+				s.first = bytes.Clone(k)
+				k, _ = c.Last()
+				s.last = bytes.Clone(k)
+				s.n = logs.Stats().KeyN
+				s.conf = map[string]string{}
+				return conf.ForEach(func(k, v []byte) error {
+					s.conf[string(k)] = string(v)
+					return nil
+				})
+			})
+		})
+		return s, err
+	}
+	a, err := sum(db)
+	if err != nil {
+		return err
+	}
+	b, err := sum(ndb)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !bytes.Equal(a.first, b.first) || !bytes.Equal(a.last, b.last) || a.n != b.n:
+		return fmt.Errorf("the compacted file differs from the original: entries %x..%x (%d) in it, %x..%x (%d) in the original", b.first, b.last, b.n, a.first, a.last, a.n)
+	case !maps.Equal(a.conf, b.conf):
+		return fmt.Errorf("the compacted file differs from the original: %d stable keys in it, %d in the original, or other values", len(b.conf), len(a.conf))
+	}
+	return nil
 }
 
 // Close closes the underlying bbolt file. It waits for running transactions
@@ -301,6 +382,10 @@ func (s *LogStore) Close() error {
 		return nil
 	}
 	s.closed = true
+	// A running compaction stops at its next step and removes its file.
+	s.stopping.Store(true)
+	s.cmu.Lock()
+	s.cmu.Unlock()
 	var errs []error
 	s.writeMu.Lock()
 	if s.tail != nil {
@@ -311,6 +396,8 @@ func (s *LogStore) Close() error {
 	s.shut = true
 	s.writeMu.Unlock()
 	errs = append(errs, s.state.close())
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
 	if err := s.db.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("storage: close log store %s: %w", s.path, err))
 	}
@@ -320,6 +407,11 @@ func (s *LogStore) Close() error {
 // view and update run bbolt transactions, turning a panic on a damaged
 // page into an error that wraps ErrCorrupt and names the file.
 func (s *LogStore) view(fn func(*bolt.Tx) error) error {
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	if s.broken != nil {
+		return s.broken
+	}
 	return guard(s.path, "raft log", func() error { return s.db.View(fn) })
 }
 
@@ -328,6 +420,11 @@ func (s *LogStore) view(fn func(*bolt.Tx) error) error {
 func (s *LogStore) update(fn func(*bolt.Tx) error) error {
 	if err := fsCommit(s.path); err != nil {
 		return diskFull(err)
+	}
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	if s.broken != nil {
+		return s.broken
 	}
 	return diskFull(guard(s.path, "raft log", func() error { return s.db.Update(fn) }))
 }
@@ -531,6 +628,9 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 	if s.shut {
 		return ErrClosed
 	}
+	if err := s.brokenErr(); err != nil {
+		return err // not even into the tail
+	}
 	var start time.Time
 	if s.observe != nil {
 		start = time.Now()
@@ -580,6 +680,7 @@ func (s *LogStore) storeLogs(logs []*raft.Log) error {
 		return s.noteFull(fmt.Errorf("storage: store %d logs (indexes %d..%d): %w",
 			len(logs), logs[0].Index, logs[len(logs)-1].Index, err))
 	}
+	s.notePut(logs[0].Index)
 	if s.observe != nil {
 		s.observe(time.Since(start))
 	}
@@ -628,6 +729,7 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 	if err != nil {
 		return s.noteFull(fmt.Errorf("storage: delete logs %d..%d: %w", min, max, err))
 	}
+	s.noteDelete(min, max)
 	return nil
 }
 
@@ -635,6 +737,9 @@ func (s *LogStore) DeleteRange(min, max uint64) error {
 // vote (CurrentTerm, LastVoteTerm, LastVoteCand) go to the state file,
 // where a write needs no new space; other keys to the bbolt file.
 func (s *LogStore) Set(key []byte, val []byte) error {
+	if err := s.brokenErr(); err != nil {
+		return err
+	}
 	if i := stateKeyIndex(key); i >= 0 {
 		if err := s.state.put(i, val); err != nil {
 			return fmt.Errorf("storage: set %q: %w", key, err)

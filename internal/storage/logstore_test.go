@@ -749,3 +749,43 @@ func BenchmarkStoreLogs(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkGetLog reads entries of a 4096-entry log from the bbolt file
+// (checkpointed: the tail holds none), one at a time, and in parallel.
+func BenchmarkGetLog(b *testing.B) {
+	s := lsOpenTestStore(b, LogStoreOptions{})
+	data := bytes.Repeat([]byte{'x'}, 128)
+	const n = 4096
+	for i := uint64(1); i <= n; i += 256 {
+		if err := s.StoreLogs(withData(lsTestLogs(i, i+255), data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Checkpoint(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("serial", func(b *testing.B) {
+		var l raft.Log
+		i := uint64(0)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := s.GetLog(i%n+1, &l); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			var l raft.Log
+			i := uint64(0)
+			for pb.Next() {
+				if err := s.GetLog(i%n+1, &l); err != nil {
+					b.Fatal(err)
+				}
+				i += 7
+			}
+		})
+	})
+}

@@ -386,6 +386,7 @@ func (s *LogStore) checkpoint() error {
 			}
 			return fmt.Errorf("storage: checkpoint log tail into %s: %w", s.path, err)
 		}
+		s.notePut(run.first)
 	}
 	if err := s.resetTail(); err != nil {
 		return err
