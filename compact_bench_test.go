@@ -10,9 +10,10 @@ package kv_test
 // applied it all, then calls Compact on a follower while one client writes
 // a 100-byte value every millisecond to the leader of the moment (Set with
 // forwarding, from a member that is not compacted first). It reports the
-// sizes of data.db before and after on each member, Compact's total time,
-// the longest apply pause of any member ("stall-max-ms", from each
-// member's log), and the latencies of the client's writes during Compact.
+// sizes of data.db and raft.db before and after on each member, Compact's
+// total time, the longest apply pause of a data file's compaction on any
+// member ("stall-max-ms", from each member's log), and the latencies of
+// the client's writes during Compact.
 
 import (
 	"context"
@@ -111,10 +112,10 @@ func BenchmarkCompactCluster(b *testing.B) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
-		sizes := func() []int64 {
+		sizes := func(file string) []int64 {
 			var out []int64
 			for i := range 3 {
-				fi, err := os.Stat(filepath.Join(kc.Config(i).DataDir, "data.db"))
+				fi, err := os.Stat(filepath.Join(kc.Config(i).DataDir, file))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -122,7 +123,7 @@ func BenchmarkCompactCluster(b *testing.B) {
 			}
 			return out
 		}
-		before := sizes()
+		before, logBefore := sizes("data.db"), sizes("raft.db")
 
 		// The client: a write every millisecond, through a member that
 		// forwards to whoever leads.
@@ -160,7 +161,7 @@ func BenchmarkCompactCluster(b *testing.B) {
 		if err, _ := werr.Load().(error); err != nil {
 			b.Fatalf("a write during Compact failed: %v", err)
 		}
-		after := sizes()
+		after, logAfter := sizes("data.db"), sizes("raft.db")
 		slices.Sort(lat)
 		q := func(p float64) float64 {
 			if len(lat) == 0 {
@@ -186,7 +187,10 @@ func BenchmarkCompactCluster(b *testing.B) {
 		b.ReportMetric(q(0.99), "write-p99-ms")
 		b.ReportMetric(q(1), "write-max-ms")
 		b.ReportMetric(float64(len(lat)), "writes")
-		b.Logf("load %v; data.db before %v, after %v; compact %v; stalls %v", loaded.Round(time.Millisecond), before, after, took.Round(time.Millisecond), logs.stalls)
+		b.ReportMetric(float64(logBefore[0])/(1<<20), "raftdb-before-MiB")
+		b.ReportMetric(float64(logAfter[0])/(1<<20), "raftdb-after-MiB")
+		b.Logf("load %v; data.db before %v, after %v; raft.db before %v, after %v; compact %v; member stalls %v",
+			loaded.Round(time.Millisecond), before, after, logBefore, logAfter, took.Round(time.Millisecond), logs.stalls)
 		kc.Close()
 	}
 }

@@ -247,11 +247,12 @@
 // every member decides the same.
 //
 // bbolt keeps its files at their peak size. Compact, on any member,
-// rewrites every member's data file one member at a time, the leader last
-// after handing its leadership over, while the cluster serves; a member
-// pauses its apply for a short final step. A member also compacts data.db
-// and raft.db at Open when most of either is free. Config.TrailingBytes
-// bounds by size the Raft log a snapshot leaves behind.
+// rewrites every member's data file and Raft log file one member at a
+// time, the leader last after handing its leadership over, while the
+// cluster serves; a member pauses for a short final step of each file. A
+// member also compacts both files at Open when most of either is free.
+// Config.TrailingBytes bounds by size the Raft log a snapshot leaves
+// behind.
 //
 // # Caveats
 //
