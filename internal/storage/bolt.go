@@ -523,9 +523,8 @@ func (e *Bolt) committer() {
 			db, closed := e.db, e.closed || e.broken != nil
 			e.mu.RUnlock()
 			if !closed {
-				// Only the committer commits or closes db while it runs
-				// (an Install replaces it under fmu: then a read of the
-				// old handle fails, harmlessly).
+				// A swap may retire db meanwhile: noteSize then
+				// fails its read transaction and records nothing.
 				e.noteSize(db)
 			}
 		}
@@ -534,12 +533,19 @@ func (e *Bolt) committer() {
 
 // noteSize records the size of db's file and the bytes of it in use. No
 // lock of the engine may be held: it begins a read transaction.
+//
+// db may be closed at any moment (a swap retires it once its snapshots are
+// released): everything that reads the mapping runs inside the read
+// transaction, which holds it mapped, and a closed db fails the View.
 func (e *Bolt) noteSize(db *bolt.DB) {
-	var size int64
-	if db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) != nil {
+	var size, free int64
+	if db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		free = int64(db.Stats().FreePageN) * int64(db.Info().PageSize)
+		return nil
+	}) != nil {
 		return
 	}
-	free := int64(db.Stats().FreePageN) * int64(db.Info().PageSize)
 	e.size.Store(size)
 	e.inUse.Store(max(size-free, 0))
 }
