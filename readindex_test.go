@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -171,6 +173,14 @@ func TestStore_FollowerRead_DoesNotJoinRequestInFlight(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the read index request did not reach the leader")
 	}
+	// s holds everything the leader had applied, so a read that took the
+	// request's index would not wait for the cut to heal.
+	for end := time.Now().Add(5 * time.Second); s.Stats().AppliedIndex < l.Stats().AppliedIndex; {
+		if time.Now().After(end) {
+			t.Fatal("the follower does not catch up")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	c.CutOneWay(leader, f) // s gets no log entries, its requests still pass
 	defer c.Heal()
 	if err := l.Set(ctx, "k", []byte("new")); err != nil {
@@ -186,11 +196,11 @@ func TestStore_FollowerRead_DoesNotJoinRequestInFlight(t *testing.T) {
 	}()
 	waitJoins(t, s, joins, 1)
 	release()
+	time.Sleep(100 * time.Millisecond) // a stale read would return now
+	c.Heal()
 	if err := <-first; err != nil {
 		t.Fatalf("first read: %v", err)
 	}
-	time.Sleep(100 * time.Millisecond) // a stale read would return now
-	c.Heal()
 	v, err := <-second, <-secondErr
 	if err != nil {
 		t.Fatalf("second read: %v", err)
@@ -220,6 +230,7 @@ func TestStore_FollowerRead_CallerCtxEndLeavesRequestForOthers(t *testing.T) {
 	short, cancel := context.WithCancel(ctx)
 	shortErr := make(chan error, 1)
 	go func() { _, err := s.Get(short, "k"); shortErr <- err }()
+	waitJoins(t, s, joins, 1) // the request is the short read's first
 	longErr := make(chan error, 1)
 	go func() {
 		v, err := s.Get(ctx, "k")
@@ -228,7 +239,7 @@ func TestStore_FollowerRead_CallerCtxEndLeavesRequestForOthers(t *testing.T) {
 		}
 		longErr <- err
 	}()
-	waitJoins(t, s, joins, 2)
+	waitJoins(t, s, joins+1, 1)
 	cancel()
 	select {
 	case err := <-shortErr:
@@ -264,6 +275,11 @@ func TestStore_FollowerRead_CloseStopsRequests(t *testing.T) {
 	}
 	<-entered
 	c.Stop(f)
+	// Close waited for the goroutine that sends the requests, though the
+	// leader still holds the one in flight.
+	if st := goroutines(); strings.Contains(st, "runReadIndex") {
+		t.Fatalf("the read index runner outlived Close:\n%s", st)
+	}
 	for i := 0; i < cap(errs); i++ {
 		select {
 		case err := <-errs:
@@ -281,4 +297,10 @@ func TestStore_FollowerRead_CloseStopsRequests(t *testing.T) {
 	if err := findLeaks(before); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// goroutines returns the stacks of every goroutine.
+func goroutines() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
 }
