@@ -103,10 +103,9 @@ func TestStore_FollowerReads_ShareReadIndexRequests(t *testing.T) {
 // sees it, while other reads on that follower keep read index requests in
 // flight all the time.
 func TestStore_FollowerRead_SeesWriteAcknowledgedBefore(t *testing.T) {
-	c, leader, f := readCluster(t)
+	c, _, f := readCluster(t)
 	ctx := ctxT(t, 60*time.Second)
 	s, w := c.Node(f), c.Node((f+1)%3) // w: the leader or the other follower
-	_ = leader
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var bgErr atomic.Value
