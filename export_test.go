@@ -109,3 +109,22 @@ func CompactEngine(ctx context.Context, s *Store) error {
 func CompactMember(ctx context.Context, s *Store, id string) error {
 	return s.compactMember(ctx, id)
 }
+
+// ReadIndexRPCs returns how many read index requests s has sent to a
+// leader for its linearizable reads.
+func ReadIndexRPCs(s *Store) uint64 { return s.readRPCs.Load() }
+
+// ReadIndexJoins returns how many linearizable reads on s, a follower, have
+// joined a read index round.
+func ReadIndexJoins(s *Store) uint64 { return s.readJoins.Load() }
+
+// SetReadIndexHook makes s, leading, call fn once it has taken the commit
+// index of each read index request, before it confirms its leadership; nil
+// removes it.
+func SetReadIndexHook(s *Store, fn func()) {
+	if fn == nil {
+		s.readIndexHook.Store(nil)
+		return
+	}
+	s.readIndexHook.Store(&fn)
+}

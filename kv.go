@@ -74,6 +74,18 @@ type Store struct {
 	verifyNext    *verifyRound
 	verifyRunning bool
 
+	// A follower's linearizable reads share read index requests to the
+	// leader (readindex.go): readNext is the round that reads join, sent
+	// by the one runner goroutine after the round in flight.
+	readMu      sync.Mutex
+	readNext    *readRound
+	readRunning bool
+	readRPCs    atomic.Uint64 // requests sent (tests count them)
+	readJoins   atomic.Uint64 // reads that joined a round (tests wait on it)
+	// readIndexHook, set by tests, runs on the leader once it has taken
+	// the commit index of a read index request.
+	readIndexHook atomic.Pointer[func()]
+
 	// Lifecycle: ctx ends when Close begins; every goroutine is started by
 	// goFunc (or goRaft, for those that wait on raft futures) and awaited by
 	// Close. raftStop closes just before raft shuts down: raft leaves

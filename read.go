@@ -3,7 +3,6 @@ package kv
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -193,6 +192,10 @@ func (s *Store) linearize(ctx context.Context) error {
 		if errors.Is(err, ErrClosed) && s.isClosed() {
 			return ErrClosed
 		}
+		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+			// This caller's wait ended; the round it joined goes on.
+			return s.readGiveUp(cerr, last)
+		}
 		last = err
 		if err := b.wait(ctx, s.ctx.Done()); err != nil {
 			return s.readGiveUp(err, last)
@@ -253,32 +256,6 @@ func (e unconfirmed) Error() string {
 
 func (e unconfirmed) Is(target error) bool { return target == errNotLeader }
 
-func (s *Store) readIndex(ctx context.Context) (uint64, error) {
-	if s.raft.State() == raft.Leader {
-		return s.readIndexLocal(ctx)
-	}
-	addr, ok := s.leaderAddr()
-	if !ok {
-		return 0, ErrNoLeader
-	}
-	// A read index request is safe to repeat, so one attempt is bounded:
-	// a leader that stopped answering (paused, cut off) is given up on and
-	// the request goes to whoever leads by then.
-	actx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatTimeout+s.cfg.ElectionTimeout)
-	defer cancel()
-	body, err := s.pool.Call(actx, addr, methodReadIndex, nil)
-	if err != nil {
-		if ctx.Err() == nil && actx.Err() != nil {
-			return 0, fmt.Errorf("%w: leader %s did not answer in time", ErrNoLeader, addr)
-		}
-		return 0, readRPCErr(addr, err)
-	}
-	if len(body) != 8 {
-		return 0, fmt.Errorf("kv: read index reply of %d bytes", len(body))
-	}
-	return binary.BigEndian.Uint64(body), nil
-}
-
 // readIndexLocal runs on the leader. The commit index is safe once an entry
 // of the current term has committed (markTerm); it is read before a
 // heartbeat round confirms the leadership, and the term must not change in
@@ -296,6 +273,9 @@ func (s *Store) readIndexLocal(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("%w: leader of term %d not ready for reads yet", errNotLeader, term)
 	}
 	idx := s.raft.CommitIndex()
+	if hook := s.readIndexHook.Load(); hook != nil {
+		(*hook)()
+	}
 	if err := s.verifyLeader(ctx); err != nil {
 		return 0, err
 	}

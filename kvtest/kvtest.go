@@ -345,6 +345,16 @@ func (c *Cluster) Partition(groups ...[]int) {
 	})
 }
 
+// CutOneWay cuts the link from member from to member to in one direction:
+// the connections that from opens to to stall (as Partition stalls them)
+// and from's gossip packets to to are lost, while to still reaches from.
+// A Raft leader cut one way from a follower keeps serving that follower's
+// requests but sends it no log entries. It adds to the partitions in place;
+// Partition and Heal replace it.
+func (c *Cluster) CutOneWay(from, to int) {
+	c.net.update(func() { c.net.cut[[2]int{from, to}] = true })
+}
+
 // Isolate cuts member i off from all the others.
 func (c *Cluster) Isolate(i int) { c.Partition([]int{i}) }
 
