@@ -1415,6 +1415,10 @@ func (s *boltSnap) Scan(from []byte, fn func(k, v []byte) bool) error {
 	}
 	addr := s.db.Info().Data
 	defer func() { _ = releaseMapped(s.tmp, addr) }()
+	// The copy is in file order what the scan reads in key order, about
+	// sequentially: if its pages left the page cache, read them ahead of
+	// the scan rather than one per fault (see readAheadMapped).
+	defer readAheadMapped(s.tmp, addr)()
 	read := 0
 	return f.Scan(from, func(k, v []byte) bool {
 		more := fn(k, v)

@@ -275,7 +275,13 @@ func compactLogAtOpen(path string, db *bolt.DB, opts LogStoreOptions) (*bolt.DB,
 	ndb, err := openDB(tmp, "raft log", logStoreBoltOptions(opts))
 	if err == nil {
 		ndb.NoSync = true // while it is written: one Sync at the end
+		// Compact reads all of db, nobody else uses it yet, and its
+		// mapping stays put (db is only read): read it ahead of the walk,
+		// not one page per fault, when the page cache is cold (see
+		// readAheadMapped).
+		restore := readAheadMapped(path, db.Info().Data)
 		err = guard(path, "raft log", func() error { return bolt.Compact(ndb, db, compactChunk) })
+		restore()
 		if err == nil && logCompactHook != nil {
 			logCompactHook(ndb)
 		}
@@ -539,6 +545,12 @@ func (s *LogStore) Verify(from uint64) error {
 		// The tail can be most of the file: drop what it read from
 		// resident memory as it goes (the transaction keeps the mapping).
 		defer func() { _ = releaseMapped(s.path, tx.DB().Info().Data) }()
+		// With a cold page cache, read the file ahead of the walk rather
+		// than one page per fault (see readAheadMapped). Only the
+		// kernel's readahead advice changes: a point read elsewhere
+		// meanwhile (Open runs Verify before raft reads the log) would
+		// read more than its page, no more.
+		defer readAheadMapped(s.path, tx.DB().Info().Data)()
 		c := tx.Bucket(logStoreBucketLogs).Cursor()
 		var l raft.Log
 		want := uint64(0)
@@ -555,6 +567,9 @@ func (s *LogStore) Verify(from uint64) error {
 			}
 			want = idx + 1
 			s.readMapped(tx, len(v))
+			if verifyHook != nil {
+				verifyHook()
+			}
 		}
 		return nil
 	})
@@ -563,6 +578,10 @@ func (s *LogStore) Verify(from uint64) error {
 	}
 	return nil
 }
+
+// verifyHook, when set (by tests), runs in Verify after each entry it has
+// checked, inside its read transaction.
+var verifyHook func()
 
 // GetLog reads the log at index into log. It returns raft.ErrLogNotFound
 // (unwrapped, as raft compares it with ==) if there is no such entry, and an

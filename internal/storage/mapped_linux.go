@@ -38,20 +38,48 @@ import (
 // only while no transaction is open), or be its only user. Without Linux it
 // does nothing (mapped_other.go).
 func releaseMapped(path string, addr uintptr) error {
+	return madviseMapped(path, addr, unix.MADV_DONTNEED, "release")
+}
+
+// readAheadMapped makes the kernel read ahead on page faults in this
+// process's shared mapping of the file at path that contains addr
+// (madvise(MADV_SEQUENTIAL)), and returns a func that sets bbolt's advice
+// (MADV_RANDOM) back. Call both while the mapping stays in place, as for
+// releaseMapped: with a bbolt transaction of that DB open, or as its only
+// user.
+//
+// bbolt advises MADV_RANDOM on its mapping, so that the kernel reads no
+// more than the page a fault needs: right for point reads, but a walk of
+// the whole file with a cold page cache then becomes one 4 KiB read per
+// page (50-115 s for 1.2-2.8 GB that a sequential read takes 2-5 s for).
+// With MADV_SEQUENTIAL a fault reads the kernel's readahead window, and a
+// walk in file order streams. Only the access advice changes; data and
+// resident pages are as without it. Without Linux it does nothing.
+func readAheadMapped(path string, addr uintptr) (restore func()) {
+	if madviseMapped(path, addr, unix.MADV_SEQUENTIAL, "read ahead") != nil {
+		return func() {}
+	}
+	return func() { _ = madviseMapped(path, addr, unix.MADV_RANDOM, "read ahead") }
+}
+
+// madviseMapped calls madvise with advice on this process's shared
+// mappings of the file at path (every one with addr 0, else the one that
+// contains addr). See releaseMapped.
+func madviseMapped(path string, addr uintptr, advice int, what string) error {
 	want, err := mappedName(path)
 	if err != nil {
 		return err
 	}
 	maps, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
-		return fmt.Errorf("storage: release mapped %s: %w", path, err)
+		return fmt.Errorf("storage: %s mapped %s: %w", what, path, err)
 	}
 	for _, r := range parseMaps(maps, want) {
 		if addr != 0 && (addr < r.start || addr >= r.end) {
 			continue
 		}
-		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, r.start, r.end-r.start, unix.MADV_DONTNEED); errno != 0 {
-			return fmt.Errorf("storage: release mapped %s [%#x-%#x]: madvise: %w", path, r.start, r.end, errno)
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, r.start, r.end-r.start, uintptr(advice)); errno != 0 {
+			return fmt.Errorf("storage: %s mapped %s [%#x-%#x]: madvise: %w", what, path, r.start, r.end, errno)
 		}
 	}
 	return nil
@@ -63,7 +91,7 @@ func releaseMapped(path string, addr uintptr) error {
 func mappedName(path string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return "", fmt.Errorf("storage: release mapped %s: %w", path, err)
+		return "", fmt.Errorf("storage: mapped %s: %w", path, err)
 	}
 	if r, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = r
