@@ -13,15 +13,31 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 )
 
 // etcdSystem is etcd embedded in the process (go.etcd.io/etcd/server/v3/embed),
 // 3 members on 127.0.0.1 with default settings (fsync on, snapshot count,
-// no auto-compaction), reached through clientv3 over gRPC on loopback. A
-// client is one gRPC connection; callers share clients, one per 32 callers
-// of a member (at most 16).
+// no auto-compaction, backend batch interval 100 ms and limit 10,000 unless
+// set).
+//
+// How callers reach a member depends on mode:
+//   - etcdInProc (the default): etcd's own in-process client,
+//     go.etcd.io/etcd/server/v3/etcdserver/api/v3client, one per member. It
+//     is a clientv3.Client whose KV calls go straight to the member's v3 RPC
+//     service in the same process (quota check, then the server), with no
+//     socket and no protobuf encoding: the way a program that embeds etcd
+//     talks to it, as cohort's callers call their *kv.Store.
+//   - etcdGRPC: clientv3 over gRPC on loopback, as a separate process
+//     would. A client is one gRPC connection; callers share clients, conns
+//     of them per member, or by default one per 32 callers (at most 16).
 type etcdSystem struct {
+	mode          string        // etcdInProc or etcdGRPC
+	conns         int           // gRPC connections per member; 0: one per 32 callers, at most 16
+	batchInterval time.Duration // embed.Config.BackendBatchInterval; 0: etcd's default
+	batchLimit    int           // embed.Config.BackendBatchLimit; 0: etcd's default
+
 	members  []*embed.Etcd
 	urls     []string // client URL of each member
 	leader   int
@@ -30,11 +46,18 @@ type etcdSystem struct {
 
 	mu      sync.Mutex
 	clients map[int][]*clientv3.Client // by member
+	inproc  map[int]*clientv3.Client   // by member, etcdInProc
 
 	// level of the members' logger: error while running, silenced at Close
 	// (etcd logs its listeners' closing as errors).
 	level zap.AtomicLevel
 }
+
+// The ways callers reach an etcd member (-etcd-client).
+const (
+	etcdInProc = "inproc"
+	etcdGRPC   = "grpc"
+)
 
 func (s *etcdSystem) Name() string { return "etcd" }
 
@@ -50,6 +73,13 @@ func freePort() (int, error) {
 func (s *etcdSystem) Start(dir string, d *dataset) error {
 	s.d = d
 	s.clients = map[int][]*clientv3.Client{}
+	s.inproc = map[int]*clientv3.Client{}
+	if s.mode == "" {
+		s.mode = etcdInProc
+	}
+	if s.mode != etcdInProc && s.mode != etcdGRPC {
+		return fmt.Errorf("unknown etcd client %q (want %s or %s)", s.mode, etcdInProc, etcdGRPC)
+	}
 	var peers, clients []url.URL
 	var initial []string
 	for i := range 3 {
@@ -93,6 +123,12 @@ func (s *etcdSystem) Start(dir string, d *dataset) error {
 		cfg.ClusterState = embed.ClusterStateFlagNew
 		cfg.LogLevel = "error"
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg.Named(cfg.Name))
+		if s.batchInterval > 0 {
+			cfg.BackendBatchInterval = s.batchInterval
+		}
+		if s.batchLimit > 0 {
+			cfg.BackendBatchLimit = s.batchLimit
+		}
 		go func() {
 			e, err := embed.StartEtcd(cfg)
 			ch <- started{i, e, err}
@@ -167,10 +203,21 @@ func (s *etcdSystem) Prepare() error {
 
 // client returns the client that caller i of c uses for member m.
 func (s *etcdSystem) client(m, i, c int) (*clientv3.Client, error) {
-	n := min((c+31)/32, 16)
-	j := i % n
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.mode == etcdInProc {
+		cli := s.inproc[m]
+		if cli == nil {
+			cli = v3client.New(s.members[m].Server)
+			s.inproc[m] = cli
+		}
+		return cli, nil
+	}
+	n := min((c+31)/32, 16)
+	if s.conns > 0 {
+		n = s.conns
+	}
+	j := i % n
 	for len(s.clients[m]) <= j {
 		cli, err := clientv3.New(clientv3.Config{
 			Endpoints:   []string{s.urls[m]},
@@ -240,6 +287,9 @@ func (s *etcdSystem) Close() error {
 		for _, c := range cs {
 			c.Close()
 		}
+	}
+	for _, c := range s.inproc {
+		c.Close()
 	}
 	for _, e := range s.members {
 		if e != nil {

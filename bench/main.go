@@ -125,6 +125,11 @@ type options struct {
 	quietLoad  float64
 	tmp        string
 	args       []string
+
+	etcdClient        string
+	etcdConns         int
+	etcdBatchInterval time.Duration
+	etcdBatchLimit    int
 }
 
 func parseFlags() (*options, error) {
@@ -149,6 +154,10 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&profile, "profile", "^cohort/", "regexp on system/workload/C of the cells -cpuprofile profiles, e.g. '^cohort/write-leader/128$'")
 	flag.DurationVar(&o.wait, "wait", 0, "wait up to this long for the 1-minute load average to fall below -quiet before starting")
 	flag.Float64Var(&o.quietLoad, "quiet", 0.7, "the load average -wait waits for")
+	flag.StringVar(&o.etcdClient, "etcd-client", etcdInProc, "how callers reach etcd: "+etcdInProc+" (etcd's in-process client, v3client, no socket) or "+etcdGRPC+" (clientv3 over gRPC on loopback)")
+	flag.IntVar(&o.etcdConns, "etcd-conns", 0, "with -etcd-client "+etcdGRPC+": gRPC connections per member shared by the callers (0: one per 32 callers, at most 16)")
+	flag.DurationVar(&o.etcdBatchInterval, "etcd-batch-interval", 0, "etcd's backend batch interval, embed.Config.BackendBatchInterval (0: etcd's default, 100ms)")
+	flag.IntVar(&o.etcdBatchLimit, "etcd-batch-limit", 0, "etcd's backend batch limit, embed.Config.BackendBatchLimit (0: etcd's default, 10000)")
 	flag.StringVar(&o.tmp, "tmpdir", "", "parent of the data directories (default: the system's temp dir)")
 	flag.Parse()
 	o.args = os.Args[1:]
@@ -188,6 +197,9 @@ func parseFlags() (*options, error) {
 			}
 			o.conc = append(o.conc, c)
 		}
+	}
+	if o.etcdClient != etcdInProc && o.etcdClient != etcdGRPC {
+		return nil, fmt.Errorf("-etcd-client: %q, want %s or %s", o.etcdClient, etcdInProc, etcdGRPC)
 	}
 	if o.keys < 1000 {
 		return nil, errors.New("-keys: at least 1000")
@@ -249,7 +261,10 @@ func run(o *options) error {
 
 	d := newDataset(o.keys, 100)
 	var systems []system
-	for _, s := range []system{&cohortSystem{}, &etcdSystem{}, &raftSystem{}, &raftSystem{wal: true}} {
+	for _, s := range []system{&cohortSystem{}, &etcdSystem{
+		mode: o.etcdClient, conns: o.etcdConns,
+		batchInterval: o.etcdBatchInterval, batchLimit: o.etcdBatchLimit,
+	}, &raftSystem{}, &raftSystem{wal: true}} {
 		if o.systems.MatchString(s.Name()) {
 			systems = append(systems, s)
 		}

@@ -140,6 +140,7 @@ func describeMachine() machine {
 			"go.etcd.io/etcd/server/v3": true, "go.etcd.io/etcd/client/v3": true,
 			"github.com/hashicorp/raft": true, "go.etcd.io/bbolt": true,
 			"google.golang.org/grpc": true, "github.com/hashicorp/memberlist": true,
+			"github.com/hashicorp/raft-wal": true,
 		}
 		for _, d := range bi.Deps {
 			if want[d.Path] {
@@ -278,7 +279,7 @@ func (r *report) markdown() string {
 	p("### Setup\n\n")
 	p("- **Everything in one process**, three clusters of 3 members each on 127.0.0.1, each member with its own data directory on disk and fsync on; the three clusters stay up for the whole run (idle while another is measured).\n")
 	p("- **cohort**: `kv.Open` x3 with the default `Config` (BootstrapExpect 3, Join through gossip). Callers are goroutines in the same process calling the `*kv.Store` of a member, as an embedding service does.\n")
-	p("- **etcd**: `go.etcd.io/etcd/server/v3/embed` x3 with defaults (no auto-compaction, default snapshot count, log level error), reached through `clientv3` over gRPC on loopback; callers share clients (one gRPC connection each), one client per 32 callers of a member, at most 16.\n")
+	p("- **etcd**: %s\n", etcdSetup(o))
 	p("- **raft**: raw `hashicorp/raft`, 3 voters over `raft.NewTCPTransport`, the same log store as cohort (`storage.OpenLogStore`, fsync on, behind `raft.NewLogCache(512)`), file snapshots, the same `raft.Config` as cohort (BatchApplyCh, MaxAppendEntries 256, CommitTimeout 20 ms), and a `map[string][]byte` state machine: one log entry per write, no group commit of its own beyond raft's batching of appends. It has no forwarding, follower reads or range reads, so those rows are empty (–). Its linearizable read is the read-index protocol on the leader: note `CommitIndex()`, `VerifyLeader()` (raft shares a heartbeat round among concurrent callers), wait until the map has applied that index, read; no `Barrier` per read.\n")
 	p("- **raft-wal**: the same raw raft on `hashicorp/raft-wal` (v0.4) instead of cohort's log store, also behind `raft.NewLogCache(512)`: the fastest log store for hashicorp/raft we know (one fsync per append, preallocated segments). cohort does not use it: it checks a batch's checksum only at open, reads back a damaged entry without an error, and can panic on a damaged length; see \"Log store\" below.\n")
 	p("- **Workload**: %s keys of 17 bytes (random hex), loaded before the first cell; values of 100 bytes; each operation picks a key uniformly at random. Closed loop: C callers, each issues its next operation when the previous one returns.\n", fmtOps(float64(len(r.data.keys))))
@@ -556,4 +557,28 @@ func spliceSection(path, md string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// etcdSetup describes how the etcd members were configured and reached.
+func etcdSetup(o *options) string {
+	batch := "backend batch interval 100 ms and limit 10,000 (etcd's defaults)"
+	if o.etcdBatchInterval > 0 || o.etcdBatchLimit > 0 {
+		iv, lim := "100 ms (default)", "10,000 (default)"
+		if o.etcdBatchInterval > 0 {
+			iv = o.etcdBatchInterval.String()
+		}
+		if o.etcdBatchLimit > 0 {
+			lim = fmtOps(float64(o.etcdBatchLimit))
+		}
+		batch = fmt.Sprintf("backend batch interval %s, batch limit %s", iv, lim)
+	}
+	s := "`go.etcd.io/etcd/server/v3/embed` x3, otherwise default settings (fsync on, no auto-compaction, default snapshot count, " + batch + ", log level error). "
+	if o.etcdClient == etcdGRPC {
+		conns := "one client per 32 callers of a member, at most 16"
+		if o.etcdConns > 0 {
+			conns = fmt.Sprintf("%d clients per member", o.etcdConns)
+		}
+		return s + "Callers reach it through `clientv3` over gRPC on loopback (`-etcd-client grpc`), as a separate process would; callers share clients (one gRPC connection each), " + conns + "."
+	}
+	return s + "Callers reach it through etcd's own in-process client, `etcdserver/api/v3client` (a `clientv3.Client` whose calls go straight to the member's v3 RPC service: no socket, no protobuf encoding), one per member: the way a program that embeds etcd talks to it, as cohort's callers call their `*kv.Store`."
 }
