@@ -19,23 +19,21 @@ import (
 // order, in batches. On the leader a batch becomes one Raft entry (group
 // commit): Raft.Apply is called for the batches in queue order, and Raft's
 // log keeps that order, so several batches may be in flight. On a follower
-// a batch is one forwarding RPC to the leader, and several may be in
-// flight too (forward.go): the leader may append them in any order, so a
-// batch goes out while others are in flight only if none of their writes
-// has a writer that may have issued a later write meanwhile (an async
-// write, or one its caller gave up waiting for). A write waits only while
-// the batches before it are out; with no load it goes out alone at once.
-// Every writer gets the result of its own command back: the state machine
-// answers each command of an entry on its own.
+// a batch is one forwarding RPC to the leader, and only one is in flight:
+// the leader could otherwise receive, and append, two batches of this
+// follower in the other order. A write waits only while the batches before
+// it are out; with no load it goes out alone at once. Every writer gets
+// the result of its own command back: the state machine answers each
+// command of an entry on its own.
 //
 // Every write carries this Store's write session and a sequence number
 // (session.go, sessiontable.go), handed out as it is first sent and kept
 // through its retries. A batch that certainly had no effect (no leader,
 // the leader changed before it was sent, Raft refused it as not the
 // leader) goes back to the head of the queue and is sent again after a
-// backoff, before any write not yet sent; on the leader, when a later
-// batch was already handed to Raft, such an earlier one is failed instead
-// of being retried behind it. A batch whose outcome is unknown (its reply was lost,
+// backoff, before any later write; on the leader, when a later batch was
+// already handed to Raft, such an earlier one is failed instead of being
+// retried behind it. A batch whose outcome is unknown (its reply was lost,
 // its leader lost the leadership after Raft took it) goes back to the head
 // of the queue too, and is sent again under the same sequences until it is
 // answered or its caller's ctx ends: the session table applies a command
@@ -75,9 +73,6 @@ type pendingWrite struct {
 	// maybe is set once an attempt had an unknown outcome: the write may
 	// have been applied, so no later refusal means it was not.
 	maybe atomic.Bool
-	// gone is set once its caller stopped waiting for it while it was in
-	// flight: the caller may issue later writes meanwhile.
-	gone atomic.Bool
 	// sess is the session of the write's sequence, once it has one.
 	sess *clientSession
 	res  []cmdResult // one per command, set before a nil answer
@@ -164,14 +159,7 @@ type pipeline struct {
 	sess atomic.Pointer[clientSession]
 
 	mu   sync.Mutex
-	redo []*pendingWrite // writes to retry, in order
-	// fwd holds the forwarded batches in flight.
-	fwd map[*fwdBatch]struct{}
-	// progress is set when a forwarded batch was answered with nothing to
-	// retry: the retry backoff starts over.
-	progress atomic.Bool
-	// leading: the batches run sent last went to Raft (run's own).
-	leading bool
+	redo []*pendingWrite // writes of leader batches to retry, in order
 
 	// Tests: how many more answers to lose after the leader applied a
 	// batch (as if it lost its leadership at once), and after the leader
@@ -189,7 +177,7 @@ type pipeline struct {
 func newPipeline(s *Store) *pipeline {
 	prev := make(chan struct{})
 	close(prev)
-	return &pipeline{s: s, q: newWriteQueue(), slot: make(chan struct{}, maxBatchInFlight), prev: prev, fwd: map[*fwdBatch]struct{}{}}
+	return &pipeline{s: s, q: newWriteQueue(), slot: make(chan struct{}, maxBatchInFlight), prev: prev}
 }
 
 // submit queues w, or returns false once the Store is closing.
@@ -218,7 +206,6 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 			w.release()
 			return p.giveUp(w, ctx.Err())
 		}
-		w.gone.Store(true)
 		return unknownOutcome(ctx.Err(), w.lastErr())
 	case <-p.s.halter.ch:
 		if w.state.CompareAndSwap(wQueued, wDropped) {
@@ -228,7 +215,6 @@ func (p *pipeline) wait(ctx context.Context, w *pendingWrite) error {
 			}
 			return p.s.halter.halted() // never sent
 		}
-		w.gone.Store(true)
 		return p.s.haltedWrite()
 	}
 }
@@ -300,9 +286,6 @@ func (p *pipeline) run() {
 				p.redo = nil
 				p.mu.Unlock()
 				p.q.pushFront(redo)
-				if p.progress.Swap(false) {
-					b = newBackoff()
-				}
 				if b.wait(context.Background(), stop) != nil {
 					return
 				}
@@ -320,16 +303,7 @@ func (p *pipeline) run() {
 				}
 				continue
 			}
-			if leading := p.s.raft.State() == raft.Leader; leading != p.leading {
-				// The batches in flight are answered before those of the
-				// other kind go out.
-				if !p.idle(stop) {
-					return
-				}
-				p.leading = leading
-				continue
-			}
-			if p.leading {
+			if p.s.raft.State() == raft.Leader {
 				select {
 				case p.slot <- struct{}{}:
 				case <-stop:
@@ -344,32 +318,17 @@ func (p *pipeline) run() {
 				b = newBackoff()
 				continue
 			}
-			select {
-			case p.slot <- struct{}{}:
-			case <-stop:
-				return
-			}
 			batch := p.q.take(p.cut)
 			if len(batch) == 0 {
-				<-p.slot
 				break
 			}
-			if p.mustWait() {
-				<-p.slot
-				if !p.idle(stop) {
-					for _, w := range batch {
-						w.state.Store(wDropped)
-						w.answer(closedErr(w)) // not sent
-					}
+			if p.forward(batch) {
+				if b.wait(context.Background(), stop) != nil {
 					return
 				}
-				if p.retrying() {
-					p.requeue(batch) // behind the writes to retry
-					continue
-				}
-				p.slot <- struct{}{} // free: nothing is in flight
+			} else {
+				b = newBackoff()
 			}
-			p.send(batch)
 		}
 	}
 }
@@ -380,7 +339,7 @@ func (p *pipeline) retrying() bool {
 	return len(p.redo) > 0
 }
 
-// idle waits until no batch is in flight.
+// idle waits until no leader batch is in flight.
 func (p *pipeline) idle(stop <-chan struct{}) bool {
 	for i := 0; i < cap(p.slot); i++ {
 		select {

@@ -10,10 +10,8 @@ import (
 )
 
 // Forwarding: on a follower, the write pipeline (batch.go) sends each batch
-// to the leader as one Apply RPC, up to maxBatchInFlight of them at once.
-// The leader may append batches in flight together in any order; a batch
-// goes out while others are in flight only when no write in them has a
-// writer that may have issued a later one meanwhile (see holds). The reply
+// to the leader as one Apply RPC, one batch at a time, so that the leader
+// appends a follower's batches in the order they were queued. The reply
 // carries the result of each command.
 
 // forwardTimeout bounds one forwarded batch (its callers may give up
@@ -26,81 +24,10 @@ type forwardResult struct {
 	retry bool // certainly had no effect
 }
 
-// fwdBatch is a forwarded batch in flight.
-type fwdBatch struct {
-	ws []*pendingWrite
-	// async: some write's caller does not wait for it (SetAsync).
-	async bool
-}
-
-// holds says whether a write of b has a writer that may have issued a later
-// write while b is in flight: an async write, or one whose caller gave up
-// waiting (its ctx ended, or this member halted). No later batch goes out
-// before b is answered, so that no later write overtakes it.
-func (b *fwdBatch) holds() bool {
-	if b.async {
-		return true
-	}
-	for _, w := range b.ws {
-		if w.gone.Load() {
-			return true
-		}
-	}
-	return false
-}
-
-// mustWait says whether a batch cut now must wait until no forwarded batch
-// is in flight: one in flight holds later writes back, or writes wait to
-// be retried ahead of it.
-func (p *pipeline) mustWait() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.redo) > 0 {
-		return true
-	}
-	for b := range p.fwd {
-		if b.holds() {
-			return true
-		}
-	}
-	return false
-}
-
-// send forwards batch in the background, holding a slot (taken by the
-// caller) until its writers are answered or queued again.
-func (p *pipeline) send(batch []*pendingWrite) {
-	b := &fwdBatch{ws: batch}
-	for _, w := range batch {
-		b.async = b.async || w.fut != nil
-	}
-	p.mu.Lock()
-	p.fwd[b] = struct{}{}
-	p.mu.Unlock()
-	done := func() {
-		p.mu.Lock()
-		delete(p.fwd, b)
-		p.mu.Unlock()
-		<-p.slot
-	}
-	if !p.s.goRaft(func() {
-		redo, err := p.forward(batch)
-		if len(redo) == 0 {
-			p.progress.Store(true)
-		}
-		p.retryLater(redo, err)
-		done()
-	}) {
-		for _, w := range batch {
-			w.state.Store(wDropped)
-			w.answer(closedErr(w)) // not sent
-		}
-		done()
-	}
-}
-
 // forward sends one batch to the leader and answers its writers. It
-// returns those to send again, with the reason.
-func (p *pipeline) forward(batch []*pendingWrite) (redo []*pendingWrite, why error) {
+// returns true when some of them went back to the head of the queue, to be
+// sent again after a backoff.
+func (p *pipeline) forward(batch []*pendingWrite) (retry bool) {
 	local := batch[:0:0]
 	for _, w := range batch {
 		if w.remote {
@@ -110,7 +37,7 @@ func (p *pipeline) forward(batch []*pendingWrite) (redo []*pendingWrite, why err
 		local = append(local, w)
 	}
 	if len(local) == 0 {
-		return nil, nil
+		return false
 	}
 	r := p.call(groups(local))
 	if r.err != nil && !r.retry && len(local) > 1 && (errors.Is(r.err, errRefused) || errors.Is(r.err, errReplyTooLarge)) {
@@ -126,12 +53,15 @@ func (p *pipeline) forward(batch []*pendingWrite) (redo []*pendingWrite, why err
 		}
 		for i, w := range local {
 			if redo, err := p.settleForwarded([]*pendingWrite{w}, p.call(groups(local[i:i+1]))); len(redo) > 0 {
-				return append(redo, local[i+1:]...), err
+				p.requeue(append(redo, local[i+1:]...), err)
+				return true
 			}
 		}
-		return nil, nil
+		return false
 	}
-	return p.settleForwarded(local, r)
+	redo, err := p.settleForwarded(local, r)
+	p.requeue(redo, err)
+	return len(redo) > 0
 }
 
 // settleForwarded answers the writes of one forwarded call, and returns
@@ -174,12 +104,8 @@ func (p *pipeline) settleForwarded(ws []*pendingWrite, r forwardResult) (redo []
 	return redo, errSessionLost
 }
 
-// retryLater hands writes to be sent again to run, which puts them back
-// at the head once no batch is in flight, after a backoff.
-func (p *pipeline) retryLater(ws []*pendingWrite, err error) {
-	if len(ws) == 0 {
-		return
-	}
+// requeue puts writes to be sent again back at the head.
+func (p *pipeline) requeue(ws []*pendingWrite, err error) {
 	for _, w := range ws {
 		if err != nil {
 			w.requeued(err)
@@ -187,10 +113,7 @@ func (p *pipeline) retryLater(ws []*pendingWrite, err error) {
 			w.state.Store(wQueued)
 		}
 	}
-	p.mu.Lock()
-	p.redo = append(p.redo, ws...)
-	p.mu.Unlock()
-	p.q.signal()
+	p.q.pushFront(ws)
 }
 
 // call makes one forwarding RPC of the commands of groups to the leader.
@@ -237,12 +160,4 @@ func (p *pipeline) call(groups [][]command) forwardResult {
 		return forwardResult{err: fmt.Errorf("%w: leader's reply: %v", errUnsure, err)}
 	}
 	return forwardResult{res: res}
-}
-
-// requeue puts a batch that was cut but not sent back at the head.
-func (p *pipeline) requeue(ws []*pendingWrite) {
-	for _, w := range ws {
-		w.state.Store(wQueued)
-	}
-	p.q.pushFront(ws)
 }
