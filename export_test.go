@@ -128,3 +128,23 @@ func SetReadIndexHook(s *Store, fn func()) {
 	}
 	s.readIndexHook.Store(&fn)
 }
+
+// HoldForwarded makes s call fn with the key and value of each Set of each
+// batch forwarded to it, before it takes the batch in; fn may block, to
+// hold the batch back. nil removes it.
+func HoldForwarded(s *Store, fn func(key string, value []byte)) {
+	if fn == nil {
+		s.forwardHook.Store(nil)
+		return
+	}
+	h := func(cmds []command) {
+		for i := range cmds {
+			for _, o := range cmds[i].then {
+				if o.kind == opSet {
+					fn(o.key, o.value)
+				}
+			}
+		}
+	}
+	s.forwardHook.Store(&h)
+}

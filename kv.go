@@ -118,6 +118,9 @@ type Store struct {
 	restoreOwn   atomic.Pointer[restoreID]
 	restoreHook  func(step string, n int)
 	restoreChunk int
+	// forwardHook, set by tests, sees the commands of each forwarded
+	// batch this member takes in, before it queues them; it may block.
+	forwardHook atomic.Pointer[func([]command)]
 
 	met *storeMetrics // nil without Config.Metrics
 }

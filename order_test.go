@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -195,6 +196,73 @@ func TestWrite_AsyncOrderWhileRetrying(t *testing.T) {
 			if v, err := r.Get(ctx, k+"/gone"); unknown == 0 && !errors.Is(err, kv.ErrNotFound) {
 				t.Fatalf("round %d: Get of the deleted key = %q, %v; want ErrNotFound", round, v, err)
 			}
+		}
+	}
+}
+
+// A write on a follower whose caller stopped waiting for it while it was
+// in flight is not overtaken by the caller's next write, though a follower
+// otherwise sends a batch while others are in flight: the leader holds the
+// first write's batch back, and the second goes out only once the first
+// is answered.
+func TestWrite_GivenUpWriteNotOvertakenOnFollower(t *testing.T) {
+	c := kvtest.NewCluster(t, 3, kvtest.Logger(testLogger(t)))
+	ctx := ctxT(t, 2*time.Minute)
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Node((leader + 1) % 3)
+	if err := s.Set(ctx, "warm", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	kv.HoldForwarded(c.Node(leader), func(key string, value []byte) {
+		if key == "k" && string(value) == "first" {
+			once.Do(func() { close(entered) })
+			select {
+			case <-release:
+			case <-time.After(time.Minute):
+			}
+		}
+	})
+	defer kv.HoldForwarded(c.Node(leader), nil)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+
+	firstCtx, cancelFirst := context.WithCancel(ctx)
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() {
+		first <- s.Set(firstCtx, "k", []byte("first"))
+		second <- s.Set(ctx, "k", []byte("second"))
+	}()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the first write never reached the leader")
+	}
+	cancelFirst()
+	if err := <-first; !errors.Is(err, kv.ErrOutcomeUnknown) {
+		t.Fatalf("first Set = %v; want ErrOutcomeUnknown", err)
+	}
+	select {
+	case err := <-second:
+		t.Fatalf("second Set answered (%v) while the first is held in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	released = true
+	if err := <-second; err != nil {
+		t.Fatalf("second Set: %v", err)
+	}
+	for _, i := range []int{leader, (leader + 1) % 3} {
+		if v, err := c.Node(i).Get(ctx, "k"); err != nil || string(v) != "second" {
+			t.Fatalf("member %d: Get = %q, %v; want \"second\"", i, v, err)
 		}
 	}
 }

@@ -89,6 +89,9 @@ func (s *Store) handleRPC(ctx context.Context, method uint8, body []byte) ([]byt
 		if err != nil {
 			return nil, &transport.Error{Code: codeBadRequest, Msg: err.Error()}
 		}
+		if h := s.forwardHook.Load(); h != nil {
+			(*h)(d.cmds)
+		}
 		res, err := s.applyLocal(ctx, d.cmds)
 		if herr := s.halter.halted(); err != nil && herr != nil && !errors.Is(err, ErrOutcomeUnknown) && !errors.Is(err, errUnsure) {
 			// Dropped before it was sent: the follower asks the next
