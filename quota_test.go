@@ -405,8 +405,17 @@ func TestQuota_OldDataDirAndRestoredBackupHaveTheirSize(t *testing.T) {
 	if err := l.Restore(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Set(ctx, "after-restore", []byte("x")); err != nil {
-		t.Fatal(err)
+	// The restore replaced the write sessions: the first write after it
+	// registers a new one, and may be refused unapplied (ErrNoLeader) when
+	// another entry goes first; retrying it is safe.
+	for try := 0; ; try++ {
+		err := l.Set(ctx, "after-restore", []byte("x"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kv.ErrNoLeader) || try == 5 {
+			t.Fatal(err)
+		}
 	}
 	after := sameData(t, c, false)
 	got := l.Stats().DataBytes

@@ -196,8 +196,21 @@ func recordSize(key string, value []byte, leased bool) int64 {
 	return int64(len(key) + h + len(value))
 }
 
-// growth is by how many bytes ops would grow the data (negative: shrink).
+// growth is by how many bytes ops would grow the data (negative: shrink),
+// for the quota check: when even the most they could add fits the quota,
+// it returns that bound and reads nothing.
 func (a *applier) growth(ops []Op) int64 {
+	// Far from the quota, the most the ops can add decides without
+	// reading the records they replace.
+	var most int64
+	for i := range ops {
+		if o := &ops[i]; o.kind == opSet {
+			most += recordSize(o.key, o.value, o.lease != 0 || o.ttl != 0)
+		}
+	}
+	if a.space.fits(most) {
+		return most
+	}
 	var n int64
 	for i := range ops {
 		o := &ops[i]
