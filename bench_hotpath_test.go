@@ -296,3 +296,23 @@ func hotLeader(ctx context.Context, b *testing.B, stores []*Store) (leader, foll
 		}
 	}
 }
+
+// BenchmarkHotHistoryCommitted: the in-memory ring of recent changes, once
+// full, takes one revision and drops the oldest on every commit. The cost
+// per commit must not grow with the ring (ringRevs revisions).
+func BenchmarkHotHistoryCommitted(b *testing.B) {
+	h := newHistory(0, WatchHistory{})
+	ev := []Event{{Type: EventPut, Entry: Entry{Key: "k", Value: []byte("v")}}}
+	for i := uint64(1); i <= 2*ringRevs; i++ {
+		h.pending = append(h.pending, histRev{rev: i, events: ev, size: 64})
+		h.committed(i)
+	}
+	next := uint64(2*ringRevs + 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		h.pending = append(h.pending, histRev{rev: next, events: ev, size: 64})
+		h.committed(next)
+		next++
+	}
+}

@@ -492,7 +492,13 @@ func (h *history) committed(index uint64) {
 		drop++
 	}
 	if drop > 0 {
-		h.ring = append(h.ring[:0:0], h.ring[drop:]...)
+		// Reslice, not copy: a copy of the whole ring on every commit
+		// once it is full costs a write its revisions' worth of work.
+		// append moves the ring to a new array when the old one's end is
+		// reached, so the dropped head is given back then; cleared now,
+		// it holds no values meanwhile.
+		clear(h.ring[:drop])
+		h.ring = h.ring[drop:]
 	}
 }
 
