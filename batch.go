@@ -40,7 +40,7 @@ import (
 // at most once and answers a repeated one with its first result.
 const (
 	maxBatchOps      = 4096
-	maxBatchBytes    = 4 << 20
+	maxBatchBytes    = 1 << 20
 	maxBatchInFlight = 4
 )
 

@@ -177,6 +177,7 @@ func (s *Store) tryBootstrap(expect int, progress *bootstrapProgress) (done bool
 		return false, time.Second
 	}
 	s.logger.Info("bootstrapped raft", "servers", len(conf.Servers), "cluster", cluster)
+	s.electAloneAtOnce()
 	if err := s.gossip.SetMeta(s.meta(true)); err != nil {
 		s.logger.Warn("gossip metadata update failed", "error", err)
 	}

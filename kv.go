@@ -47,9 +47,13 @@ type Store struct {
 	// once it runs (trailing.go).
 	sizes   *logSizes
 	bounded atomic.Pointer[raft.Raft]
-	stable  raft.StableStore
-	snaps   raft.SnapshotStore
-	rlog    raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
+	pace    *applyPace // paces raft's reads of committed entries (pace.go)
+	// reloadMu serializes changes to raft's reloadable configuration
+	// (read, modify, ReloadConfig).
+	reloadMu sync.Mutex
+	stable   raft.StableStore
+	snaps    raft.SnapshotStore
+	rlog     raft.LogStore // raft's log as reads look into it (the cache over logs; never halts the member)
 
 	// Membership: the cluster ID (empty until bootstrapped or adopted), this
 	// start's nonce, and the leader's view of member health.
@@ -211,7 +215,7 @@ func (s *Store) open() error {
 		if err != nil {
 			return err
 		}
-		cache, err := newCachedLog(512, s.logs)
+		cache, err := newCachedLog(logCacheEntries, s.logs)
 		if err != nil {
 			return err
 		}
@@ -299,7 +303,7 @@ func (s *Store) open() error {
 	// Followers learn the commit index within this, which bounds how long a
 	// linearizable read on a follower waits after a write.
 	rc.CommitTimeout = 20 * time.Millisecond
-	rc.MaxAppendEntries = 256
+	rc.MaxAppendEntries = raftMaxAppendEntries
 	// The data file survives restarts and knows its applied index, so raft
 	// need not replay the snapshot into it (catchUpFromSnapshot covered the
 	// case where the file is behind the snapshot).
@@ -344,11 +348,27 @@ func (s *Store) open() error {
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
 	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }, sizes: s.sizes}
 	s.rlog = logStore
-	var rfsm raft.FSM = s.fsm
+	var rfsm raft.BatchingFSM = s.fsm
 	if s.met != nil {
 		rfsm = &timedFSM{fsm: s.fsm, met: s.met}
 	}
+	pace := newApplyPace()
+	s.pace = pace
+	rfsm = &pacedFSM{BatchingFSM: rfsm, pace: pace}
+	rs.pace = func(index uint64) {
+		if r := s.bounded.Load(); r != nil {
+			pace.wait(index, r.CommitIndex, s.ctx.Done(), s.halter.ch)
+			if h := paceReadHook.Load(); h != nil {
+				(*h)(pace, index)
+			}
+		}
+	}
+	if s.logs != nil {
+		rs.headers = s.logs.GetLogHeader
+		rs.starting.Store(true)
+	}
 	s.raft, err = raft.NewRaft(rc, rfsm, rs, rs, s.snaps, gate)
+	rs.starting.Store(false)
 	if err != nil {
 		return fmt.Errorf("kv: start raft: %w", err)
 	}
@@ -362,6 +382,8 @@ func (s *Store) open() error {
 
 	if !hasState {
 		s.goRaft(s.bootstrapLoop)
+	} else {
+		s.electAloneAtOnce()
 	}
 	s.goRaft(s.pipe.run)
 	obs := make(chan raft.Observation, 64)
@@ -551,6 +573,13 @@ func (s *Store) removePartialSnapshots() {
 		s.logger.Info("removed an unfinished snapshot left by a crash", "dir", dir)
 	}
 }
+
+// raftMaxAppendEntries is how many entries go at most into one append, one
+// AppendEntries RPC and one batch handed to the state machine; with entries
+// of up to maxBatchBytes, that bounds each to 16 MiB. Group commit puts
+// many writes in one entry and keeps a few entries in flight, so more
+// would not batch more.
+const raftMaxAppendEntries = 16
 
 // verifyLogTail checks the log entries raft reads as it starts (those after
 // the newest snapshot): raft panics on one it cannot read, and a damaged

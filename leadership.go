@@ -200,3 +200,39 @@ func (s *Store) awaitLeaderOtherThan(ctx context.Context, old string) error {
 		}
 	}
 }
+
+// electAloneAtOnce starts the election of a member that is the only voter of
+// its configuration (at a restart, or once it bootstraps alone) at once, instead of after raft's heartbeat
+// timeout (1–2 × HeartbeatTimeout): there is no leader to hear from, and
+// the member elects itself whenever it asks. Lowering the timeout through
+// ReloadConfig makes raft's follower loop check for a leader right away;
+// the configured timeout is put back at once, which does not delay that
+// check.
+func (s *Store) electAloneAtOnce() {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	voters := 0
+	self := false
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter {
+			voters++
+			self = self || srv.ID == raft.ServerID(s.cfg.NodeID)
+		}
+	}
+	if voters != 1 || !self {
+		return
+	}
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	rc := s.raft.ReloadableConfig()
+	short := rc
+	short.HeartbeatTimeout = s.cfg.LeaderLeaseTimeout // the least raft accepts
+	if short.HeartbeatTimeout >= rc.HeartbeatTimeout {
+		return
+	}
+	if s.raft.ReloadConfig(short) == nil {
+		_ = s.raft.ReloadConfig(rc)
+	}
+}

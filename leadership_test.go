@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -172,4 +173,39 @@ func ExampleStore_TransferLeadership() {
 	// Output:
 	// the chosen member leads: true
 	// true
+}
+
+// A member that is the only voter elects itself at once, when it bootstraps
+// alone and when it restarts, rather than waiting out a heartbeat timeout
+// for a leader that cannot exist. The timeouts here are far longer than
+// the wait allowed, which raft's own timer could not meet.
+func TestLeadership_LoneVoterElectsItselfAtOnce(t *testing.T) {
+	cfg := kv.Config{
+		NodeID:             "alone",
+		DataDir:            filepath.Join(t.TempDir(), "alone"),
+		BindAddr:           "127.0.0.1:0",
+		GossipBindAddr:     "127.0.0.1:0",
+		BootstrapExpect:    1,
+		HeartbeatTimeout:   30 * time.Second,
+		ElectionTimeout:    30 * time.Second,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
+	}
+	for _, when := range []string{"first start", "restart"} {
+		s, err := kv.Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = s.WaitForLeader(ctx)
+		if err == nil {
+			err = s.Set(ctx, "k", []byte(when))
+		}
+		cancel()
+		if cerr := s.Close(); cerr != nil {
+			t.Fatal(cerr)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v (a heartbeat timeout is 30 s)", when, err)
+		}
+	}
 }

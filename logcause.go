@@ -61,6 +61,11 @@ func (c causeLog) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log
 
 // newCachedLog returns raft's LogCache of size entries over store, with
 // the log store's errors kept.
+// logCacheEntries is how many of the newest log entries raft keeps in
+// memory for replication: with entries of up to maxBatchBytes, at most 64
+// MiB.
+const logCacheEntries = 64
+
 func newCachedLog(size int, store raft.LogStore) (raft.LogStore, error) {
 	inner := &lastErrLog{LogStore: store}
 	cache, err := raft.NewLogCache(size, inner)

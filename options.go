@@ -50,7 +50,7 @@ const (
 	DefaultSnapshotThreshold = 8192
 	// DefaultSnapshotBytes is how many bytes of log entries applied since the
 	// last snapshot trigger a new one, whatever their count: 128 MiB. Group
-	// commit packs up to 4 MiB of writes into one entry, so a count alone
+	// commit packs up to 1 MiB of writes into one entry, so a count alone
 	// would let a bulk load leave the whole data set in the log for a
 	// restart to read.
 	DefaultSnapshotBytes = 128 << 20
@@ -280,7 +280,7 @@ type Config struct {
 	// size: the log keeps at most TrailingLogs entries, and of them no
 	// more than about TrailingBytes of the newest (the newest entry is
 	// always kept, whatever its size). With group commit one entry can
-	// hold up to 4 MiB of writes, so a count alone would let the log keep
+	// hold up to 1 MiB of writes, so a count alone would let the log keep
 	// many GiB after a bulk load. Default DefaultTrailingBytes (64 MiB); a
 	// negative value keeps no bound by size. A follower further behind
 	// than the log reaches receives a snapshot instead.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -48,6 +49,16 @@ type raftStorage struct {
 	failSince time.Time // first append failure since the last success
 
 	sizes *logSizes // the sizes of the entries stored (trailing.go); may be nil
+
+	// While starting is set (during raft.NewRaft, before raft runs), reads
+	// go to headers when it is set: raft then only scans the log after the
+	// last snapshot for configuration entries, and the commands there need
+	// not be read into the heap. The state machine gets them whole later.
+	starting atomic.Bool
+	headers  func(index uint64, l *raft.Log) error
+	// pace, when set, is called before a read of the log: it holds raft
+	// back while it reads too far ahead of the state machine (pace.go).
+	pace func(index uint64)
 }
 
 const appendFailLimit = 5 * time.Second
@@ -63,7 +74,15 @@ func (r *raftStorage) FirstIndex() (uint64, error) { return r.logs.FirstIndex() 
 func (r *raftStorage) LastIndex() (uint64, error)  { return r.logs.LastIndex() }
 
 func (r *raftStorage) GetLog(index uint64, l *raft.Log) error {
-	err := r.logs.GetLog(index, l)
+	var err error
+	if r.headers != nil && r.starting.Load() {
+		err = r.headers(index, l)
+	} else {
+		if r.pace != nil {
+			r.pace(index)
+		}
+		err = r.logs.GetLog(index, l)
+	}
 	if err == nil || err == raft.ErrLogNotFound {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 
 // The byte bound on the log (Config.TrailingBytes). After a snapshot raft
 // keeps TrailingLogs entries behind the newest, whatever their size; with
-// group commit an entry holds up to 4 MiB, so the count alone could keep
+// group commit an entry holds up to 1 MiB, so the count alone could keep
 // GiB. logSizes tracks the sizes of the newest entries as they are stored;
 // just before each snapshot (when the state machine is asked for one, and
 // raft compacts the log right after it is written) the Store sets raft's
@@ -103,6 +103,8 @@ func (s *Store) boundTrailing() {
 		return
 	}
 	n := s.sizes.keep(s.cfg.TrailingLogs, s.cfg.TrailingBytes)
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	rc := r.ReloadableConfig()
 	if rc.TrailingLogs == n {
 		return

@@ -562,7 +562,7 @@ func (s *LogStore) Verify(from uint64) error {
 			if want != 0 && idx != want {
 				return fmt.Errorf("%w at index %d: the log jumps to %d", ErrCorruptLog, want, idx)
 			}
-			if err := decodeLog(idx, v, &l); err != nil {
+			if err := checkLog(idx, v, &l); err != nil {
 				return err
 			}
 			want = idx + 1
@@ -607,6 +607,59 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 		found = true
 		// decodeLog copies Data and Extensions out of the mmap.
 		err := decodeLog(index, v, log)
+		s.readMapped(tx, len(v))
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("%w (in %s)", err, s.path)
+		}
+		return fmt.Errorf("storage: get log %d: %w", index, err)
+	}
+	if !found {
+		return raft.ErrLogNotFound
+	}
+	return nil
+}
+
+// GetLogHeader is GetLog without the data of a command entry: such an
+// entry reads with a nil Data (its checksum is still checked), any other
+// entry whole. It is for a scan that looks only for configuration
+// entries, as raft makes of the log after the last snapshot when it
+// starts: reading the commands there would copy the whole tail into the
+// heap for nothing.
+func (s *LogStore) GetLogHeader(index uint64, log *raft.Log) error {
+	var hdr raft.Log
+	read := func(b []byte) error {
+		if err := checkLog(index, b, &hdr); err != nil {
+			return err
+		}
+		if hdr.Type == raft.LogCommand {
+			hdr.Data, hdr.Extensions = nil, nil
+			*log = hdr
+			return nil
+		}
+		return decodeLog(index, b, log)
+	}
+	s.memMu.RLock()
+	rec, ok := s.mem.get(index)
+	s.memMu.RUnlock()
+	if ok {
+		if err := read(rec); err != nil {
+			return fmt.Errorf("%w (in %s)", err, s.tailPath)
+		}
+		return nil
+	}
+	var key [8]byte
+	binary.BigEndian.PutUint64(key[:], index)
+	var found bool
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(logStoreBucketLogs).Get(key[:])
+		if v == nil {
+			return nil
+		}
+		found = true
+		err := read(v)
 		s.readMapped(tx, len(v))
 		return err
 	})
@@ -908,7 +961,18 @@ func appendLog(dst []byte, l *raft.Log) []byte {
 // including a record whose Index differs from the key, is reported as an
 // error wrapping ErrCorruptLog that names the index. It never panics.
 func decodeLog(index uint64, b []byte, out *raft.Log) error {
-	if err := unmarshalLog(b, out); err != nil {
+	return parseLog(index, b, out, true)
+}
+
+// checkLog is decodeLog without the copy: out's Data and Extensions alias
+// b. Verify uses it, so that checking a long log allocates nothing per
+// entry.
+func checkLog(index uint64, b []byte, out *raft.Log) error {
+	return parseLog(index, b, out, false)
+}
+
+func parseLog(index uint64, b []byte, out *raft.Log, copied bool) error {
+	if err := unmarshalLogTo(b, out, copied); err != nil {
 		return fmt.Errorf("%w at index %d: %v", ErrCorruptLog, index, err)
 	}
 	if out.Index != index {
@@ -920,7 +984,11 @@ func decodeLog(index uint64, b []byte, out *raft.Log) error {
 // unmarshalLog verifies the checksum of b and decodes it into out. Data and
 // Extensions are copied (into one allocation) so out does not alias b; empty
 // slices decode as nil.
-func unmarshalLog(b []byte, out *raft.Log) error {
+func unmarshalLog(b []byte, out *raft.Log) error { return unmarshalLogTo(b, out, true) }
+
+// unmarshalLogTo is unmarshalLog; with copied false, out's Data and
+// Extensions alias b instead of being copied.
+func unmarshalLogTo(b []byte, out *raft.Log, copied bool) error {
 	if len(b) < minLogRecordSize {
 		return fmt.Errorf("record too short (%d bytes)", len(b))
 	}
@@ -957,7 +1025,14 @@ func unmarshalLog(b []byte, out *raft.Log) error {
 	out.Term = term
 	out.Type = raft.LogType(typ)
 	out.Data, out.Extensions = nil, nil
-	if n := len(data) + len(ext); n > 0 {
+	if !copied {
+		if len(data) > 0 {
+			out.Data = data
+		}
+		if len(ext) > 0 {
+			out.Extensions = ext
+		}
+	} else if n := len(data) + len(ext); n > 0 {
 		all := make([]byte, n)
 		copy(all, data)
 		copy(all[len(data):], ext)
