@@ -92,37 +92,44 @@ func TestOpen_SnapshotAfterNoopEntriesNeedsNoRestore(t *testing.T) {
 	}
 }
 
-// A linearizable read on a follower whose read index is a barrier entry
-// (which the state machine never sees) returns without waiting for a later
-// write.
-func TestRead_FollowerReadIndexOnBarrier(t *testing.T) {
+// openInternalThree opens a cluster of three Stores in a temporary
+// directory, closed at the end of the test (nil entries skipped), and
+// returns them with their configs.
+func openInternalThree(t *testing.T, logs *syncBuffer) ([]*Store, []Config) {
+	t.Helper()
 	dir := t.TempDir()
-	logs := &syncBuffer{}
-	var nodes []*Store
-	defer func() {
+	nodes := make([]*Store, 3)
+	t.Cleanup(func() {
 		for _, s := range nodes {
-			s.Close()
+			if s != nil {
+				s.Close()
+			}
 		}
-	}()
-	first, err := Open(internalConfig(dir, "n1", 3, nil, logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes = append(nodes, first)
-	for i := 2; i <= 3; i++ {
-		s, err := Open(internalConfig(dir, fmt.Sprintf("n%d", i), 3, []string{first.GossipAddr()}, logs))
+	})
+	cfgs := make([]Config, 3)
+	for i := range cfgs {
+		var join []string
+		if i > 0 {
+			join = []string{nodes[0].GossipAddr()}
+		}
+		cfgs[i] = internalConfig(dir, fmt.Sprintf("n%d", i+1), 3, join, logs)
+		s, err := Open(cfgs[i])
 		if err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, s)
+		nodes[i] = s
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var leader *Store
-	for leader == nil {
-		for _, s := range nodes {
-			if s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm() {
-				leader = s
+	return nodes, cfgs
+}
+
+// internalLeader waits for one of nodes to lead with its term's first
+// entry committed, and returns its position.
+func internalLeader(ctx context.Context, t *testing.T, nodes []*Store) int {
+	t.Helper()
+	for {
+		for i, s := range nodes {
+			if s != nil && s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm() {
+				return i
 			}
 		}
 		if ctx.Err() != nil {
@@ -130,6 +137,16 @@ func TestRead_FollowerReadIndexOnBarrier(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A linearizable read on a follower whose read index is a barrier entry
+// (which the state machine never sees) returns without waiting for a later
+// write.
+func TestRead_FollowerReadIndexOnBarrier(t *testing.T) {
+	nodes, _ := openInternalThree(t, &syncBuffer{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader := nodes[internalLeader(ctx, t, nodes)]
 	if err := leader.Set(ctx, "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}

@@ -14,43 +14,10 @@ import (
 // reads committed entries no further ahead of the state machine than the
 // pace allows, instead of queueing the whole backlog in memory.
 func TestPace_CatchUpReadsBoundedAhead(t *testing.T) {
-	dir := t.TempDir()
-	logs := &syncBuffer{}
-	var nodes []*Store
-	defer func() {
-		for _, s := range nodes {
-			if s != nil {
-				s.Close()
-			}
-		}
-	}()
-	cfgs := make([]Config, 3)
-	for i := range cfgs {
-		var join []string
-		if i > 0 {
-			join = []string{nodes[0].GossipAddr()}
-		}
-		cfgs[i] = internalConfig(dir, fmt.Sprintf("n%d", i+1), 3, join, logs)
-		s, err := Open(cfgs[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, s)
-	}
+	nodes, cfgs := openInternalThree(t, &syncBuffer{})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	leader := -1
-	for leader < 0 {
-		for i, s := range nodes {
-			if s.raft.State() == raft.Leader && s.readyTerm.Load() == s.raft.CurrentTerm() {
-				leader = i
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatal("no leader")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	leader := internalLeader(ctx, t, nodes)
 	f := (leader + 1) % 3
 	if err := nodes[f].Close(); err != nil {
 		t.Fatal(err)

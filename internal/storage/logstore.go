@@ -587,11 +587,17 @@ var verifyHook func()
 // (unwrapped, as raft compares it with ==) if there is no such entry, and an
 // error wrapping ErrCorruptLog if the stored record is damaged.
 func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
+	return s.getLog(index, log, decodeLog)
+}
+
+// getLog finds the record of index, in the tail or the bbolt file, and
+// reads it with read, which must not keep b.
+func (s *LogStore) getLog(index uint64, log *raft.Log, read func(index uint64, b []byte, log *raft.Log) error) error {
 	s.memMu.RLock()
 	rec, ok := s.mem.get(index)
 	s.memMu.RUnlock()
 	if ok {
-		if err := decodeLog(index, rec, log); err != nil {
+		if err := read(index, rec, log); err != nil {
 			return fmt.Errorf("%w (in %s)", err, s.tailPath)
 		}
 		return nil
@@ -605,8 +611,7 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 			return nil
 		}
 		found = true
-		// decodeLog copies Data and Extensions out of the mmap.
-		err := decodeLog(index, v, log)
+		err := read(index, v, log)
 		s.readMapped(tx, len(v))
 		return err
 	})
@@ -629,50 +634,18 @@ func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
 // starts: reading the commands there would copy the whole tail into the
 // heap for nothing.
 func (s *LogStore) GetLogHeader(index uint64, log *raft.Log) error {
-	var hdr raft.Log
-	read := func(b []byte) error {
+	return s.getLog(index, log, func(index uint64, b []byte, log *raft.Log) error {
+		var hdr raft.Log
 		if err := checkLog(index, b, &hdr); err != nil {
 			return err
 		}
-		if hdr.Type == raft.LogCommand {
-			hdr.Data, hdr.Extensions = nil, nil
-			*log = hdr
-			return nil
+		if hdr.Type != raft.LogCommand {
+			return decodeLog(index, b, log)
 		}
-		return decodeLog(index, b, log)
-	}
-	s.memMu.RLock()
-	rec, ok := s.mem.get(index)
-	s.memMu.RUnlock()
-	if ok {
-		if err := read(rec); err != nil {
-			return fmt.Errorf("%w (in %s)", err, s.tailPath)
-		}
+		hdr.Data, hdr.Extensions = nil, nil
+		*log = hdr
 		return nil
-	}
-	var key [8]byte
-	binary.BigEndian.PutUint64(key[:], index)
-	var found bool
-	err := s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(logStoreBucketLogs).Get(key[:])
-		if v == nil {
-			return nil
-		}
-		found = true
-		err := read(v)
-		s.readMapped(tx, len(v))
-		return err
 	})
-	if err != nil {
-		if errors.Is(err, ErrCorrupt) {
-			return fmt.Errorf("%w (in %s)", err, s.path)
-		}
-		return fmt.Errorf("storage: get log %d: %w", index, err)
-	}
-	if !found {
-		return raft.ErrLogNotFound
-	}
-	return nil
 }
 
 // StoreLog durably stores a single log entry.
