@@ -259,7 +259,7 @@ func TestMetrics_WritesReadsAndLatencies(t *testing.T) {
 			t.Errorf("%s{node=%q}: no observations", h.name, h.node)
 		}
 	}
-	// The committer writes the data file about every second, and raft
+	// The committer writes the data file every 4 s, and raft
 	// checks for a snapshot every SnapshotInterval.
 	waitMetric(t, 20*time.Second, reg, positive, "observations", "cohortkv_data_commit_duration_seconds", fid)
 	waitMetric(t, 20*time.Second, reg, positive, "observations", "cohortkv_snapshot_duration_seconds", lid)

@@ -70,9 +70,9 @@ type Stats struct {
 	// while it runs.
 	Halted string
 	// DBSize is the size of the data file in bytes, as of its last
-	// background commit (about every second while writes arrive); 0 in
-	// memory. It includes free pages that bbolt reuses but never returns
-	// to the file system.
+	// background commit (every 4 s, or sooner at 24 MiB of writes, while
+	// writes arrive); 0 in memory. It includes free pages that bbolt
+	// reuses but never returns to the file system.
 	DBSize int64
 	// DBInUse is DBSize less the data file's free pages: the bytes the
 	// data, its indexes and the pages held for open readers occupy.

@@ -59,9 +59,9 @@ type BoltOptions struct {
 	Logger *slog.Logger
 	// CommitInterval is how long writes may wait in memory before the
 	// background committer writes them to the file (sooner once they hold
-	// 16 MiB). Longer intervals write each page of random keys less often;
-	// after a crash up to this much of the log is applied again. 0 means
-	// 1 s.
+	// 24 MiB). Longer intervals write each page of random keys less often;
+	// after a crash up to this much of the log (and never more than those
+	// 24 MiB of writes) is applied again. 0 means 4 s.
 	CommitInterval time.Duration
 	// ObserveCommit, when set, is called with the duration of every commit
 	// of the file that succeeds (the bbolt transaction with its fsync). It
@@ -145,7 +145,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.CommitInterval <= 0 {
 		opts.CommitInterval = flushInterval
 	}
-	e := &Bolt{path: path, opts: opts, pending: newLayer(), cache: newReadCache(cacheBytes),
+	e := &Bolt{path: path, opts: opts, pending: newIndexedLayer(), cache: newReadCache(cacheBytes),
 		snaps: map[*bolt.DB]int{}, retired: map[*bolt.DB]bool{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	db, err := e.open(path)
@@ -307,8 +307,8 @@ func (e *Bolt) Update(index uint64, fn func(WriteTx) error) error {
 		e.mu.Unlock()
 		return err
 	}
-	for _, it := range buf.m {
-		p.t.ReplaceOrInsert(it)
+	for k, it := range buf.m {
+		p.put(k, it)
 	}
 	p.bytes += buf.bytes
 	p.index = index
@@ -561,7 +561,7 @@ func (e *Bolt) swap() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.flushing == nil && e.pendingDirty() {
-		e.flushing, e.pending = e.pending, newLayer()
+		e.flushing, e.pending = e.pending, newIndexedLayer()
 	}
 }
 
@@ -1060,7 +1060,7 @@ func (e *Bolt) swapInLocked(tmp, op string) (*bolt.DB, error) {
 	e.mu.Lock()
 	if err != nil {
 		e.broken = diskFull(fmt.Errorf("storage: %s %s: the data file was replaced and the engine cannot go on with it (reopen the member): %w", op, e.path, err))
-		e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
+		e.pending, e.flushing, e.flushErr = newIndexedLayer(), nil, nil
 		e.gen.Add(1)
 		e.cache.clear()
 		err = e.broken
@@ -1069,7 +1069,7 @@ func (e *Bolt) swapInLocked(tmp, op string) (*bolt.DB, error) {
 	}
 	old := e.db
 	e.db = db
-	e.pending, e.flushing, e.flushErr = newLayer(), nil, nil
+	e.pending, e.flushing, e.flushErr = newIndexedLayer(), nil, nil
 	e.gen.Add(1)
 	e.cache.clear()
 	e.applied.Store(applied)
@@ -1112,7 +1112,7 @@ func (e *Bolt) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.closed = true
-	e.pending, e.flushing = newLayer(), nil
+	e.pending, e.flushing = newIndexedLayer(), nil
 	errs := []error{ferr, e.db.Close()}
 	// Handles a Restore replaced whose snapshots are still open: their
 	// Close waits for those snapshots' Release.
