@@ -18,11 +18,16 @@ import (
 // queue before the call returns (SetAsync included), and leaves it in that
 // order, in batches. On the leader a batch becomes one Raft entry (group
 // commit): Raft.Apply is called for the batches in queue order, and Raft's
-// log keeps that order, so several batches may be in flight. On a follower
-// a batch is one forwarding RPC to the leader, and only one is in flight:
-// the leader could otherwise receive, and append, two batches of this
-// follower in the other order. A write waits only while the batches before
-// it are out; with no load it goes out alone at once. Every writer gets
+// log keeps that order. On a follower a batch is one forwarding RPC to the
+// leader; the leader could otherwise receive, and append, two batches of
+// this follower in the other order. On both, one batch is in flight
+// (maxBatchInFlight): everything that arrives meanwhile, the followers'
+// forwarded batches included, goes out in the next entry. With more in
+// flight the same load is cut into more, smaller entries, and each costs
+// raft, the disk and the state machine about as much as a large one: on
+// two cores, 4 in flight gave 10–25% fewer writes/s on the leader and 30%
+// fewer spread over the members at 16 callers. A write waits only while
+// the batch before it is out; with no load it goes out alone at once. Every writer gets
 // the result of its own command back: the state machine answers each
 // command of an entry on its own.
 //
@@ -31,9 +36,9 @@ import (
 // through its retries. A batch that certainly had no effect (no leader,
 // the leader changed before it was sent, Raft refused it as not the
 // leader) goes back to the head of the queue and is sent again after a
-// backoff, before any later write; on the leader, when a later batch was
-// already handed to Raft, such an earlier one is failed instead of being
-// retried behind it. A batch whose outcome is unknown (its reply was lost,
+// backoff, before any later write; on the leader, should a later batch
+// already be in Raft's hands (possible only with maxBatchInFlight above
+// one), such an earlier one is failed instead of being retried behind it. A batch whose outcome is unknown (its reply was lost,
 // its leader lost the leadership after Raft took it) goes back to the head
 // of the queue too, and is sent again under the same sequences until it is
 // answered or its caller's ctx ends: the session table applies a command
@@ -41,7 +46,7 @@ import (
 const (
 	maxBatchOps      = 4096
 	maxBatchBytes    = 1 << 20
-	maxBatchInFlight = 4
+	maxBatchInFlight = 1
 )
 
 // States of a pendingWrite.
