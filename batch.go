@@ -37,8 +37,8 @@ import (
 // the leader changed before it was sent, Raft refused it as not the
 // leader) goes back to the head of the queue and is sent again after a
 // backoff, before any later write; on the leader, should a later batch
-// already be in Raft's hands (possible only with maxBatchInFlight above
-// one), such an earlier one is failed instead of being retried behind it. A batch whose outcome is unknown (its reply was lost,
+// already be in Raft's hands (with more than one batch in flight), such an
+// earlier one is failed instead of being retried behind it. A batch whose outcome is unknown (its reply was lost,
 // its leader lost the leadership after Raft took it) goes back to the head
 // of the queue too, and is sent again under the same sequences until it is
 // answered or its caller's ctx ends: the session table applies a command
@@ -313,6 +313,12 @@ func (p *pipeline) run() {
 				case p.slot <- struct{}{}:
 				case <-stop:
 					return
+				}
+				if p.retrying() {
+					// The batch that freed the slot is to be sent
+					// again: it goes before any later one.
+					<-p.slot
+					continue
 				}
 				batch := p.q.take(p.cut)
 				if len(batch) == 0 {

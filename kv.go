@@ -47,7 +47,6 @@ type Store struct {
 	// once it runs (trailing.go).
 	sizes   *logSizes
 	bounded atomic.Pointer[raft.Raft]
-	pace    *applyPace // paces raft's reads of committed entries (pace.go)
 	// reloadMu serializes changes to raft's reloadable configuration
 	// (read, modify, ReloadConfig).
 	reloadMu sync.Mutex
@@ -351,17 +350,6 @@ func (s *Store) open() error {
 	var rfsm raft.BatchingFSM = s.fsm
 	if s.met != nil {
 		rfsm = &timedFSM{fsm: s.fsm, met: s.met}
-	}
-	pace := newApplyPace()
-	s.pace = pace
-	rfsm = &pacedFSM{BatchingFSM: rfsm, pace: pace}
-	rs.pace = func(index uint64) {
-		if r := s.bounded.Load(); r != nil {
-			pace.wait(index, r.CommitIndex, s.ctx.Done(), s.halter.ch)
-			if h := paceReadHook.Load(); h != nil {
-				(*h)(pace, index)
-			}
-		}
 	}
 	if s.logs != nil {
 		rs.headers = s.logs.GetLogHeader

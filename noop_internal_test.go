@@ -61,6 +61,14 @@ func TestOpen_SnapshotAfterNoopEntriesNeedsNoRestore(t *testing.T) {
 	if err := s.WaitForLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The leader's own first commands (the quota setting) go in first, so
+	// that the barrier below is the last entry.
+	for s.Stats().QuotaBytes == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the leader never set the quota")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err := s.Set(ctx, "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}

@@ -56,9 +56,6 @@ type raftStorage struct {
 	// not be read into the heap. The state machine gets them whole later.
 	starting atomic.Bool
 	headers  func(index uint64, l *raft.Log) error
-	// pace, when set, is called before a read of the log: it holds raft
-	// back while it reads too far ahead of the state machine (pace.go).
-	pace func(index uint64)
 }
 
 const appendFailLimit = 5 * time.Second
@@ -78,9 +75,6 @@ func (r *raftStorage) GetLog(index uint64, l *raft.Log) error {
 	if r.headers != nil && r.starting.Load() {
 		err = r.headers(index, l)
 	} else {
-		if r.pace != nil {
-			r.pace(index)
-		}
 		err = r.logs.GetLog(index, l)
 	}
 	if err == nil || err == raft.ErrLogNotFound {
