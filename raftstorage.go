@@ -54,6 +54,8 @@ type raftStorage struct {
 	// go to headers when it is set: raft then only scans the log after the
 	// last snapshot for configuration entries, and the commands there need
 	// not be read into the heap. The state machine gets them whole later.
+	// This holds as long as raft.Config.RestoreCommittedLogs stays off: with
+	// it, NewRaft would apply committed entries itself.
 	starting atomic.Bool
 	headers  func(index uint64, l *raft.Log) error
 }
