@@ -27,9 +27,9 @@ import (
 // raft, the disk and the state machine about as much as a large one: on
 // two cores, 4 in flight gave 10–25% fewer writes/s on the leader and 30%
 // fewer spread over the members at 16 callers. A write waits only while
-// the batch before it is out; with no load it goes out alone at once. Every writer gets
-// the result of its own command back: the state machine answers each
-// command of an entry on its own.
+// the batch before it is out; with no load it goes out alone at once.
+// Every writer gets the result of its own command back: the state machine
+// answers each command of an entry on its own.
 //
 // Every write carries this Store's write session and a sequence number
 // (session.go, sessiontable.go), handed out as it is first sent and kept
@@ -38,9 +38,9 @@ import (
 // leader) goes back to the head of the queue and is sent again after a
 // backoff, before any later write; on the leader, should a later batch
 // already be in Raft's hands (with more than one batch in flight), such an
-// earlier one is failed instead of being retried behind it. A batch whose outcome is unknown (its reply was lost,
-// its leader lost the leadership after Raft took it) goes back to the head
-// of the queue too, and is sent again under the same sequences until it is
+// earlier one is failed instead of being retried behind it. A batch whose
+// outcome is unknown (its reply was lost, its leader lost the leadership
+// after Raft took it) goes back to the head of the queue too, and is sent again under the same sequences until it is
 // answered or its caller's ctx ends: the session table applies a command
 // at most once and answers a repeated one with its first result.
 const (

@@ -347,7 +347,7 @@ func (s *Store) open() error {
 	gate := &voteGate{NetworkTransport: s.trans, ch: make(chan raft.RPC)}
 	rs := &raftStorage{logs: logStore, stable: stableStore, halt: s.halt, halted: func() bool { return s.halter.halted() != nil }, sizes: s.sizes}
 	s.rlog = logStore
-	var rfsm raft.BatchingFSM = s.fsm
+	var rfsm raft.FSM = s.fsm
 	if s.met != nil {
 		rfsm = &timedFSM{fsm: s.fsm, met: s.met}
 	}
@@ -565,8 +565,8 @@ func (s *Store) removePartialSnapshots() {
 // raftMaxAppendEntries is how many entries go at most into one append, one
 // AppendEntries RPC and one batch handed to the state machine; with entries
 // of up to maxBatchBytes, that bounds each to 16 MiB. Group commit puts
-// many writes in one entry and keeps a few entries in flight, so more
-// would not batch more.
+// many writes in one entry and keeps one batch in flight, so more would
+// not batch more.
 const raftMaxAppendEntries = 16
 
 // verifyLogTail checks the log entries raft reads as it starts (those after

@@ -202,9 +202,9 @@ func (s *Store) awaitLeaderOtherThan(ctx context.Context, old string) error {
 }
 
 // electAloneAtOnce starts the election of a member that is the only voter of
-// its configuration (at a restart, or once it bootstraps alone) at once, instead of after raft's heartbeat
-// timeout (1–2 × HeartbeatTimeout): there is no leader to hear from, and
-// the member elects itself whenever it asks. Lowering the timeout through
+// its configuration (at a restart, or once it bootstraps alone) at once,
+// instead of after raft's heartbeat timeout (1–2 × HeartbeatTimeout): there
+// is no leader to hear from, and the member elects itself whenever it asks. Lowering the timeout through
 // ReloadConfig makes raft's follower loop check for a leader right away;
 // the configured timeout is put back at once, which does not delay that
 // check.

@@ -47,9 +47,10 @@ const (
 	layerItemOverhead = 160
 )
 
-// layer is a set of writes not yet committed to the file. A published
-// layer is never modified: Update works on a lazy clone and publishes the
-// clone.
+// layer is a set of writes not yet committed to the file. Update fills the
+// pending layer in place under the engine's lock; a view takes a clone of
+// it (copy on write), which later writes leave as it was, and the layer
+// being committed is not modified.
 //
 // The layer that Update fills (pending) also indexes its items by key in
 // a hash map, idx: the state machine reads the record each write replaces,
